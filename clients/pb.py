@@ -1,0 +1,105 @@
+"""The protocol's messages and stubs under plain names.
+
+Everything generated from ``proto/`` lives in ``clients._gen`` and is never
+edited by hand; code outside the generated package imports it from here.
+"""
+
+from clients._gen.analytics.v1.campaign_pb2 import Campaign
+from clients._gen.analytics.v1.campaign_service_pb2 import (
+    CreateCampaignRequest,
+    CreateCampaignResponse,
+    ListCampaignsRequest,
+    ListCampaignsResponse,
+)
+from clients._gen.analytics.v1.campaign_service_pb2_grpc import (
+    CampaignServiceServicer,
+    CampaignServiceStub,
+    add_CampaignServiceServicer_to_server,
+)
+from clients._gen.analytics.v1.event_pb2 import (
+    Event,
+    EventMetadata,
+    EventType,
+    RejectedEvent,
+    UndecodableEvent,
+)
+from clients._gen.analytics.v1.ingest_service_pb2 import (
+    IngestCampaignEventRequest,
+    IngestCampaignEventResponse,
+    IngestEventsRequest,
+    IngestEventsResponse,
+    StreamEventsRequest,
+    StreamEventsResponse,
+)
+from clients._gen.analytics.v1.ingest_service_pb2_grpc import (
+    IngestServiceServicer,
+    IngestServiceStub,
+    add_IngestServiceServicer_to_server,
+)
+from clients._gen.analytics.v1.metrics_pb2 import (
+    DashboardSummary,
+    PipelineStatus,
+    RealTimeMetrics,
+    TopCampaign,
+    TrendPoint,
+)
+from clients._gen.analytics.v1.metrics_service_pb2 import (
+    GetCampaignMetricsRequest,
+    GetCampaignMetricsResponse,
+    GetDashboardRequest,
+    GetDashboardResponse,
+    GetPipelineStatusRequest,
+    GetPipelineStatusResponse,
+)
+from clients._gen.analytics.v1.metrics_service_pb2_grpc import (
+    MetricsServiceServicer,
+    MetricsServiceStub,
+    add_MetricsServiceServicer_to_server,
+)
+
+# Full service names, for health checks and reflection.
+SERVICE_NAMES = (
+    "analytics.v1.IngestService",
+    "analytics.v1.MetricsService",
+    "analytics.v1.CampaignService",
+)
+
+__all__ = [
+    "SERVICE_NAMES",
+    "Campaign",
+    "CampaignServiceServicer",
+    "CampaignServiceStub",
+    "CreateCampaignRequest",
+    "CreateCampaignResponse",
+    "DashboardSummary",
+    "Event",
+    "EventMetadata",
+    "EventType",
+    "GetCampaignMetricsRequest",
+    "GetCampaignMetricsResponse",
+    "GetDashboardRequest",
+    "GetDashboardResponse",
+    "GetPipelineStatusRequest",
+    "GetPipelineStatusResponse",
+    "IngestCampaignEventRequest",
+    "IngestCampaignEventResponse",
+    "IngestEventsRequest",
+    "IngestEventsResponse",
+    "IngestServiceServicer",
+    "IngestServiceStub",
+    "ListCampaignsRequest",
+    "ListCampaignsResponse",
+    "MetricsServiceServicer",
+    "MetricsServiceStub",
+    "PipelineStatus",
+    "RealTimeMetrics",
+    "RejectedEvent",
+    "StreamEventsRequest",
+    "StreamEventsResponse",
+    "TopCampaign",
+    "TrendPoint",
+    "UndecodableEvent",
+    "add_CampaignServiceServicer_to_server",
+    "add_IngestServiceServicer_to_server",
+    "add_MetricsServiceServicer_to_server",
+]
