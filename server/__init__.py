@@ -1,0 +1,1 @@
+"""The campaign-analytics gRPC server: ingest pipeline, writer, metrics and services."""

@@ -1,0 +1,252 @@
+"""The one place where the server meets generated code: protocol messages to
+domain values and back. Pure functions, no I/O."""
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from clients import pb
+from server.admin import CampaignRecord
+from server.domain import Rejection
+from server.ingest.validation import IncomingEvent
+from server.ingest.writer import WriterStats
+from server.metrics.formulas import MICROS, CampaignMetrics
+from server.metrics.reader import Dashboard
+
+# EventMetadata's string fields, with the JSON (camelCase) key kept in storage.
+_METADATA_TEXT = (
+    ("user_agent", "userAgent"),
+    ("device_type", "deviceType"),
+    ("location", "location"),
+    ("ad_slot_id", "adSlotId"),
+    ("episode_id", "episodeId"),
+    ("show_id", "showId"),
+    ("ip_address", "ipAddress"),
+    ("referrer", "referrer"),
+)
+_MIN_SECONDS = -62_135_596_800  # 0001-01-01
+_MAX_SECONDS = 253_402_300_799  # 9999-12-31
+
+
+# -- events in -----------------------------------------------------------------
+
+
+def decode_event(message: pb.Event, index: int) -> IncomingEvent:
+    timestamp, timestamp_error = None, ""
+    if message.HasField("timestamp"):
+        timestamp, timestamp_error = _decode_timestamp(message.timestamp)
+    session_id = ""
+    duration = None
+    metadata = None
+    if message.HasField("metadata"):
+        m = message.metadata
+        session_id = m.session_id
+        metadata = {}
+        if session_id:
+            metadata["sessionId"] = session_id
+        for name, key in _METADATA_TEXT:
+            text = getattr(m, name)
+            if text:
+                metadata[key] = text
+        if m.HasField("duration"):
+            duration = m.duration
+            metadata["duration"] = duration
+        if m.HasField("position"):
+            metadata["position"] = m.position
+        if m.HasField("extra"):
+            for key, value in json_format.MessageToDict(m.extra).items():
+                metadata.setdefault(key, value)
+    return IncomingEvent(
+        index=index,
+        size=message.ByteSize(),
+        event_id=message.event_id,
+        event_type=message.event_type,
+        campaign_id=message.campaign_id,
+        organization_id=message.organization_id,
+        timestamp=timestamp,
+        timestamp_error=timestamp_error,
+        value=message.value if message.HasField("value") else None,
+        session_id=session_id,
+        duration=duration,
+        metadata=metadata,
+        source=message,
+    )
+
+
+def decode_events(
+    messages: Iterable[pb.Event], offset: int = 0, skip: frozenset[int] = frozenset()
+) -> list[IncomingEvent]:
+    """Decodes a batch; ``skip`` holds the indexes of placeholders for events
+    a front end could not decode."""
+    return [
+        decode_event(message, offset + i)
+        for i, message in enumerate(messages)
+        if offset + i not in skip
+    ]
+
+
+def decode_undecodable(
+    items: Sequence[pb.UndecodableEvent], offset: int = 0
+) -> list[tuple[Rejection, str]]:
+    return [
+        (Rejection(offset + item.index, item.field, "undecodable", item.reason), item.payload)
+        for item in items
+    ]
+
+
+def event_payload(message: Any) -> str:
+    """The event as JSON, for the dead-letter table."""
+    if message is None:
+        return ""
+    return json_format.MessageToJson(message, indent=None, preserving_proto_field_name=False)
+
+
+def _decode_timestamp(ts: Timestamp) -> tuple[datetime | None, str]:
+    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS) or not 0 <= ts.nanos < 1_000_000_000:
+        return None, "timestamp is not a valid date"
+    return datetime.fromtimestamp(ts.seconds, UTC).replace(microsecond=ts.nanos // 1000), ""
+
+
+# -- results out ---------------------------------------------------------------
+
+
+def timestamp(when: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(when)
+    return ts
+
+
+def now_timestamp() -> Timestamp:
+    return timestamp(datetime.now(UTC))
+
+
+def encode_rejection(rejection: Rejection) -> pb.RejectedEvent:
+    return pb.RejectedEvent(
+        index=rejection.index,
+        field=rejection.field,
+        reason=rejection.reason,
+        code=rejection.code,
+        event_id=rejection.event_id,
+    )
+
+
+def encode_metrics(m: CampaignMetrics) -> pb.RealTimeMetrics:
+    t = m.totals
+    return pb.RealTimeMetrics(
+        campaign_id=m.campaign_id,
+        organization_id=m.organization_id,
+        timestamp=timestamp(m.timestamp),
+        window_start=timestamp(m.window_start),
+        time_window=m.time_window,
+        impressions=t.impressions,
+        clicks=t.clicks,
+        conversions=t.conversions,
+        ctr=m.ctr,
+        conversion_rate=m.conversion_rate,
+        total_spent=m.total_spent,
+        cpc=m.cpc,
+        cpa=m.cpa,
+        engagement_rate=m.engagement_rate,
+        average_view_time=m.average_view_time,
+        bounce_rate=m.bounce_rate,
+        ad_playbacks=t.views,
+        completion_rate=m.completion_rate,
+        skip_rate=m.skip_rate,
+        conversion_value=m.conversion_value,
+        engagements=t.engagements,
+        completions=t.completions,
+        skips=t.skips,
+        sessions=t.sessions,
+    )
+
+
+def encode_dashboard(organization_id: str, d: Dashboard) -> pb.GetDashboardResponse:
+    s = d.summary
+    t = s.totals
+    return pb.GetDashboardResponse(
+        success=True,
+        organization_id=organization_id,
+        time_window=s.time_window,
+        summary=pb.DashboardSummary(
+            total_impressions=t.impressions,
+            total_clicks=t.clicks,
+            total_conversions=t.conversions,
+            total_spent=s.total_spent,
+            active_campaigns=d.active_campaigns,
+            overall_ctr=s.ctr,
+            overall_conversion_rate=s.conversion_rate,
+            overall_cpc=s.cpc,
+            overall_cpa=s.cpa,
+            average_view_time=s.average_view_time,
+            total_conversion_value=s.conversion_value,
+            total_ad_playbacks=t.views,
+            overall_completion_rate=s.completion_rate,
+            overall_skip_rate=s.skip_rate,
+            overall_engagement_rate=s.engagement_rate,
+        ),
+        top_campaigns=[
+            pb.TopCampaign(
+                campaign_id=c.campaign_id,
+                impressions=c.totals.impressions,
+                clicks=c.totals.clicks,
+                conversions=c.totals.conversions,
+                ctr=c.ctr,
+                spent=c.total_spent,
+            )
+            for c in d.top_campaigns
+        ],
+        trend_data=[
+            pb.TrendPoint(
+                timestamp=timestamp(b.start),
+                impressions=b.impressions,
+                clicks=b.clicks,
+                conversions=b.conversions,
+                spent=round(b.spent_micros / MICROS, 6),
+            )
+            for b in d.trend
+        ],
+        campaign_metrics=[encode_metrics(c) for c in d.campaigns],
+        timestamp=timestamp(s.timestamp),
+    )
+
+
+def encode_status(
+    stats: WriterStats,
+    *,
+    buffered: int,
+    is_processing: bool,
+    flush_threshold: int,
+    flush_interval: float,
+    capacity: int,
+    events_rejected: int,
+) -> pb.PipelineStatus:
+    status = pb.PipelineStatus(
+        buffer_size=buffered,
+        is_processing=is_processing,
+        flush_threshold=flush_threshold,
+        flush_interval=round(flush_interval * 1000),
+        buffer_capacity=capacity,
+        degraded=bool(stats.degraded_reason),
+        degraded_reason=stats.degraded_reason,
+        events_accepted=stats.events_accepted,
+        events_duplicate=stats.events_duplicate,
+        events_rejected=events_rejected,
+        flushes=stats.flushes,
+        last_flush_events=stats.last_flush_events,
+        last_flush_duration_ms=round(stats.last_flush_duration_ms, 3),
+    )
+    if stats.last_flush is not None:
+        status.last_flush.CopyFrom(timestamp(stats.last_flush))
+    return status
+
+
+def encode_campaign(record: CampaignRecord) -> pb.Campaign:
+    return pb.Campaign(
+        campaign_id=record.campaign_id,
+        organization_id=record.organization_id,
+        name=record.name,
+        create_time=timestamp(record.created_at),
+    )

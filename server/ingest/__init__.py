@@ -1,0 +1,1 @@
+"""The ingest path: validation, the batched writer and the pipeline joining them."""

@@ -1,0 +1,40 @@
+"""Which organization owns each campaign, cached: campaigns are never moved
+or deleted, so a known owner stays true; unknown ids are asked again."""
+
+from collections.abc import Iterable
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.store.schema import campaigns
+
+
+class CampaignDirectory:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._owners: dict[str, str] = {}
+
+    async def owners(self, campaign_ids: Iterable[str]) -> dict[str, str | None]:
+        """Maps each id to its organization, or None when there is no such campaign."""
+        result: dict[str, str | None] = {}
+        unknown = []
+        for campaign_id in campaign_ids:
+            owner = self._owners.get(campaign_id)
+            result[campaign_id] = owner
+            if owner is None:
+                unknown.append(campaign_id)
+        if unknown:
+            query = select(campaigns.c.campaign_id, campaigns.c.organization_id).where(
+                campaigns.c.campaign_id.in_(unknown)
+            )
+            async with self._engine.connect() as conn:
+                for campaign_id, organization_id in await conn.execute(query):
+                    self._owners[campaign_id] = organization_id
+                    result[campaign_id] = organization_id
+        return result
+
+    async def owner(self, campaign_id: str) -> str | None:
+        return (await self.owners([campaign_id]))[campaign_id]
+
+    def remember(self, campaign_id: str, organization_id: str) -> None:
+        self._owners[campaign_id] = organization_id

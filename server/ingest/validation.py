@@ -1,0 +1,184 @@
+"""Checks one incoming event against the contract and turns it into a row.
+
+An event is accepted or rejected on its own; a rejection names the field, a
+stable code and a reason a person can act on. Limits are explicit.
+"""
+
+import ipaddress
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import uuid_utils
+
+from server.domain import EventType, Rejection
+from server.store.events import EventRow
+
+EVENT_TYPE_WORDS = ", ".join(t.word for t in EventType)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_event_bytes: int = 32 * 1024
+    max_future: timedelta = timedelta(hours=24)
+    max_age: timedelta = timedelta(days=30)
+    max_value: float = 1e9
+    max_duration: float = 86_400.0
+    max_id_length: int = 128
+    max_text_length: int = 2048
+
+
+@dataclass(slots=True)
+class IncomingEvent:
+    """An event as decoded from the wire, not yet checked."""
+
+    index: int
+    size: int
+    event_id: str
+    event_type: int
+    campaign_id: str
+    organization_id: str
+    timestamp: datetime | None
+    timestamp_error: str
+    value: float | None
+    session_id: str
+    duration: float | None
+    metadata: dict[str, Any] | None
+    source: Any = None  # the wire message, for the dead-letter payload
+
+
+def _reject(event: IncomingEvent, field: str, code: str, reason: str) -> Rejection:
+    return Rejection(event.index, field, code, reason, event.event_id)
+
+
+def validate(
+    event: IncomingEvent,
+    now: datetime,
+    campaign_owners: dict[str, str | None],
+    limits: Limits,
+) -> EventRow | Rejection:
+    """Returns the event's row for the writer, or why it is rejected.
+
+    ``campaign_owners`` maps each campaign id of the request to the
+    organization that owns it (None when there is no such campaign).
+    """
+    if event.size > limits.max_event_bytes:
+        return _reject(
+            event, "", "event_too_large",
+            f"event is {event.size} bytes; the limit is {limits.max_event_bytes}",
+        )
+    if event.event_type not in _EVENT_TYPES:
+        return _reject(
+            event, "eventType", "invalid_event_type",
+            f"eventType must be one of {EVENT_TYPE_WORDS}",
+        )
+    for field, text in (("campaignId", event.campaign_id), ("organizationId", event.organization_id)):
+        if not text:
+            return _reject(event, field, "missing_field", f"{field} is required")
+        if len(text) > limits.max_id_length:
+            return _reject(
+                event, field, "field_too_long",
+                f"{field} is longer than {limits.max_id_length} characters",
+            )
+    if event.event_id:
+        try:
+            event_id = UUID(event.event_id)
+        except ValueError:
+            return _reject(
+                event, "eventId", "invalid_event_id",
+                "eventId must be a UUID (for example a UUIDv7), or empty to have one assigned",
+            )
+    else:
+        event_id = UUID(bytes=uuid_utils.uuid7().bytes)
+        event.event_id = str(event_id)
+
+    if event.timestamp_error:
+        return _reject(event, "timestamp", "invalid_timestamp", event.timestamp_error)
+    occurred_at = event.timestamp or now
+    if occurred_at > now + limits.max_future:
+        return _reject(
+            event, "timestamp", "timestamp_in_future",
+            f"timestamp is more than {_hours(limits.max_future)} in the future",
+        )
+    if occurred_at < now - limits.max_age:
+        return _reject(
+            event, "timestamp", "timestamp_too_old",
+            f"timestamp is more than {_hours(limits.max_age)} in the past",
+        )
+
+    value_micros = None
+    if event.value is not None:
+        value = event.value
+        if not math.isfinite(value) or value < 0 or value > limits.max_value:
+            return _reject(
+                event, "value", "invalid_value",
+                f"value must be a finite amount between 0 and {limits.max_value:g}",
+            )
+        value_micros = round(value * 1_000_000)
+
+    duration = event.duration
+    if duration is not None and (
+        not math.isfinite(duration) or duration < 0 or duration > limits.max_duration
+    ):
+        return _reject(
+            event, "metadata.duration", "invalid_duration",
+            f"metadata.duration must be between 0 and {limits.max_duration:g} seconds",
+        )
+
+    metadata = event.metadata
+    if metadata:
+        for key, text in metadata.items():
+            if isinstance(text, str) and len(text) > limits.max_text_length:
+                return _reject(
+                    event, f"metadata.{key}", "field_too_long",
+                    f"metadata.{key} is longer than {limits.max_text_length} characters",
+                )
+        address = metadata.get("ipAddress")
+        if address:
+            metadata["ipAddress"] = truncate_ip(address)
+
+    owner = campaign_owners.get(event.campaign_id)
+    if owner is None:
+        return _reject(
+            event, "campaignId", "campaign_not_found",
+            f"campaign {event.campaign_id!r} does not exist; create it first",
+        )
+    if owner != event.organization_id:
+        return _reject(
+            event, "campaignId", "campaign_organization_mismatch",
+            f"campaign {event.campaign_id!r} does not belong to organization "
+            f"{event.organization_id!r}",
+        )
+
+    return (
+        event.organization_id,
+        event_id,
+        event.campaign_id,
+        event.event_type,
+        occurred_at,
+        now,
+        value_micros,
+        event.session_id or None,
+        duration,
+        metadata or None,
+    )
+
+
+def truncate_ip(address: str) -> str:
+    """Keeps only the network part: IPv4 /24, IPv6 /48 (the address is personal data)."""
+    try:
+        ip = ipaddress.ip_address(address.strip())
+    except ValueError:
+        return ""
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
+
+
+def _hours(delta: timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours:g} hours" if hours < 48 else f"{hours / 24:g} days"
+
+
+_EVENT_TYPES = frozenset(int(t) for t in EventType)

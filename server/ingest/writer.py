@@ -1,0 +1,307 @@
+"""The batched writer: a bounded buffer of validated events, written to
+PostgreSQL by group commit.
+
+One worker task takes everything buffered and commits it in one transaction
+(``server.store.events.write_batch``). It starts a flush when the buffer holds
+``flush_threshold`` events, when ``flush_interval`` has passed, or at once when
+a caller is waiting and no flush is running; what arrives during a flush waits
+for the next one, so batches grow with load. A caller's ``submit`` returns
+only after its events are committed: acknowledged means durable.
+
+The buffer is bounded: past ``capacity`` events (buffered or being written)
+``submit`` raises ``ResourceExhausted`` at once instead of growing memory. When
+PostgreSQL cannot be reached the writer keeps the batch, reports itself
+degraded and retries with exponential backoff and jitter until it commits;
+callers stop waiting at their own deadlines.
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from server.errors import ResourceExhausted, ServiceError, Unavailable
+from server.store import events as event_store
+from server.store.events import EventRow
+
+log = logging.getLogger(__name__)
+
+# Called after each commit with the (organization_id, campaign_id) pairs whose
+# numbers changed.
+CommitListener = Callable[[set[tuple[str, str]]], None]
+
+
+@dataclass(slots=True)
+class WriterStats:
+    events_accepted: int = 0
+    events_duplicate: int = 0
+    flushes: int = 0
+    last_flush: datetime | None = None
+    last_flush_events: int = 0
+    last_flush_duration_ms: float = 0.0
+    degraded_reason: str = ""
+    commit_errors: int = 0
+
+
+@dataclass(slots=True)
+class _Submission:
+    rows: Sequence[EventRow]
+    done: asyncio.Future[list[bool]]  # per row: True when the event was already stored
+
+
+@dataclass(slots=True)
+class _Backoff:
+    initial: float = 0.05
+    maximum: float = 5.0
+    attempt: int = field(default=0)
+
+    def next_delay(self) -> float:
+        delay = min(self.maximum, self.initial * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(delay / 2, delay)
+
+
+class BatchWriter:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        flush_threshold: int = 100,
+        flush_interval: float = 5.0,
+        capacity: int = 100_000,
+        max_flush_events: int = 20_000,
+        on_commit: CommitListener | None = None,
+    ) -> None:
+        self._url = database_url
+        self.flush_threshold = flush_threshold
+        self.flush_interval = flush_interval
+        self.capacity = capacity
+        self.max_flush_events = max_flush_events
+        self._listeners: list[CommitListener] = [on_commit] if on_commit else []
+        self._pending: list[_Submission] = []
+        self._pending_events = 0
+        self._in_flight_events = 0
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closing = False
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self.stats = WriterStats()
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        """Events waiting for the next flush."""
+        return self._pending_events
+
+    @property
+    def is_processing(self) -> bool:
+        return self._in_flight_events > 0
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.stats.degraded_reason)
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connects (retrying while PostgreSQL is unreachable) and starts the worker."""
+        self._worker = asyncio.create_task(self._run(), name="batch-writer")
+
+    async def shutdown(self, timeout: float) -> bool:
+        """Stops taking events and commits what is buffered, for at most
+        ``timeout`` seconds; returns whether everything was committed."""
+        self._closing = True
+        self._wake.set()
+        drained = True
+        if self._worker is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._worker), timeout)
+            except TimeoutError:
+                drained = False
+                self._worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._worker
+        for submission in self._pending:
+            if not submission.done.done():
+                submission.done.set_exception(Unavailable("the server is shutting down"))
+        self._pending.clear()
+        if self._conn is not None:
+            await self._conn.close()
+        return drained
+
+    # -- submitting ----------------------------------------------------------
+
+    async def submit(self, rows: Sequence[EventRow], wait: bool = True) -> list[bool]:
+        """Buffers ``rows`` and, with ``wait``, returns once they are committed:
+        for each row, whether its event id was already stored (a duplicate).
+
+        Event ids must be unique within ``rows``. Raises ``ResourceExhausted``
+        when the buffer is full, ``Unavailable`` when shutting down.
+        """
+        if self._closing:
+            raise Unavailable("the server is shutting down; retry on another server")
+        if self._pending_events + self._in_flight_events + len(rows) > self.capacity:
+            raise ResourceExhausted(
+                f"the ingest buffer is full ({self.capacity} events); retry shortly",
+                retry_after=1.0,
+            )
+        done: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Submission(rows, done))
+        self._pending_events += len(rows)
+        self._idle.clear()
+        if wait or self._pending_events >= self.flush_threshold:
+            self._wake.set()
+        if not wait:
+            done.add_done_callback(_consume_exception)
+            return []
+        return await asyncio.shield(done)
+
+    async def drain(self) -> None:
+        """Waits until everything submitted so far is committed."""
+        self._wake.set()
+        await self._idle.wait()
+
+    # -- the worker ----------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                self._idle.set()
+                if self._closing:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+                self._wake.clear()
+                continue
+            batch = self._take()
+            await self._flush(batch)
+
+    def _take(self) -> list[_Submission]:
+        """Takes whole submissions, up to ``max_flush_events`` (at least one)."""
+        taken: list[_Submission] = []
+        count = 0
+        while self._pending:
+            size = len(self._pending[0].rows)
+            if taken and count + size > self.max_flush_events:
+                break
+            taken.append(self._pending.pop(0))
+            count += size
+        self._pending_events -= count
+        self._in_flight_events = count
+        return taken
+
+    async def _flush(self, batch: list[_Submission]) -> None:
+        # Events repeated across submissions of one flush: the first is
+        # written, the later ones are duplicates.
+        rows: list[EventRow] = []
+        first_seen: set[tuple[str, UUID]] = set()
+        repeated: list[list[bool]] = []
+        for submission in batch:
+            flags = []
+            for row in submission.rows:
+                key = (row[0], row[1])
+                seen = key in first_seen
+                flags.append(seen)
+                if not seen:
+                    first_seen.add(key)
+                    rows.append(row)
+            repeated.append(flags)
+
+        backoff = _Backoff()
+        started = time.perf_counter()
+        while True:
+            try:
+                conn = await self._connection()
+                stored = await event_store.write_batch(conn, rows)
+                break
+            except (psycopg.OperationalError, OSError) as exc:
+                await self._lost_connection(exc)
+                if self._closing and self._worker_cancelled():
+                    return
+                await asyncio.sleep(backoff.next_delay())
+            except psycopg.Error as exc:
+                # Not a connection fault: retrying the same rows would fail the
+                # same way, so the callers learn it now (nothing was committed).
+                log.exception("flush of %d events failed", len(rows))
+                self.stats.commit_errors += 1
+                self._in_flight_events = 0
+                for submission in batch:
+                    if not submission.done.done():
+                        submission.done.set_exception(
+                            ServiceError(f"the events could not be written: {exc}")
+                        )
+                return
+
+        already = set(stored)
+        touched: set[tuple[str, str]] = set()
+        accepted = duplicates = 0
+        for submission, flags in zip(batch, repeated, strict=True):
+            result = []
+            for row, seen in zip(submission.rows, flags, strict=True):
+                duplicate = seen or (row[0], row[1]) in already
+                result.append(duplicate)
+                if duplicate:
+                    duplicates += 1
+                else:
+                    accepted += 1
+                    touched.add((row[0], row[2]))
+            if not submission.done.done():
+                submission.done.set_result(result)
+
+        stats = self.stats
+        stats.events_accepted += accepted
+        stats.events_duplicate += duplicates
+        stats.flushes += 1
+        stats.last_flush = datetime.now(UTC)
+        stats.last_flush_events = len(rows)
+        stats.last_flush_duration_ms = (time.perf_counter() - started) * 1000
+        self._in_flight_events = 0
+        if touched:
+            for listener in self._listeners:
+                try:
+                    listener(touched)
+                except Exception:
+                    log.exception("commit listener failed")
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(self._url, connect_timeout=5)
+            await event_store.prepare(self._conn)
+            if self.stats.degraded_reason:
+                log.info("PostgreSQL reachable again; the writer recovered")
+            self.stats.degraded_reason = ""
+        return self._conn
+
+    async def _lost_connection(self, exc: BaseException) -> None:
+        reason = f"cannot write to PostgreSQL: {str(exc).strip() or type(exc).__name__}"
+        if reason != self.stats.degraded_reason:
+            log.warning("%s; retrying", reason)
+        self.stats.degraded_reason = reason
+        self.stats.commit_errors += 1
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+        self._conn = None
+
+    def _worker_cancelled(self) -> bool:
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
+
+
+def _consume_exception(future: asyncio.Future[list[bool]]) -> None:
+    if not future.cancelled():
+        future.exception()

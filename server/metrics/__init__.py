@@ -1,0 +1,1 @@
+"""Live metrics over time windows, summed from per-second rollups."""

@@ -1,0 +1,106 @@
+"""Reading window totals from the per-second rollups and the sessions table."""
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import Integer, and_, cast, extract, func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server.metrics.formulas import Totals
+from server.metrics.window import Window
+from server.store.schema import campaign_rollups as r
+from server.store.schema import campaign_sessions as s
+
+_SUMMED = (
+    "impressions",
+    "clicks",
+    "conversions",
+    "views",
+    "engagements",
+    "completions",
+    "skips",
+    "spent_micros",
+    "conversion_value_micros",
+    "view_time_sum",
+    "view_time_count",
+)
+TREND_POINTS = 60
+
+
+async def campaign_totals(
+    conn: AsyncConnection,
+    organization_id: str,
+    window: Window,
+    campaign_ids: Sequence[str] | None = None,
+) -> dict[str, Totals]:
+    """Totals per campaign with events in the window (all campaigns of the
+    organization, or only ``campaign_ids``)."""
+    rollups = select(r.c.campaign_id, *(func.sum(r.c[name]) for name in _SUMMED)).where(
+        r.c.organization_id == organization_id,
+        r.c.bucket.between(window.first_bucket, window.last_bucket),
+    )
+    end = window.last_bucket + timedelta(seconds=1)
+    sessions = select(
+        s.c.campaign_id, func.count(), func.count().filter(s.c.event_count == 1)
+    ).where(
+        s.c.organization_id == organization_id,
+        s.c.last_event_at >= window.first_bucket,
+        s.c.last_event_at < end,
+    )
+    if campaign_ids is not None:
+        rollups = rollups.where(r.c.campaign_id.in_(campaign_ids))
+        sessions = sessions.where(s.c.campaign_id.in_(campaign_ids))
+
+    totals: dict[str, Totals] = {}
+    for campaign_id, *sums in await conn.execute(rollups.group_by(r.c.campaign_id)):
+        totals[campaign_id] = Totals(
+            **{
+                name: float(value) if name == "view_time_sum" else int(value)
+                for name, value in zip(_SUMMED, sums, strict=True)
+            }
+        )
+    for campaign_id, count, bounced in await conn.execute(sessions.group_by(s.c.campaign_id)):
+        if campaign_id in totals:
+            totals[campaign_id].sessions = count
+            totals[campaign_id].bounced_sessions = bounced
+    return totals
+
+
+@dataclass(slots=True)
+class TrendBucket:
+    start: datetime
+    impressions: int = 0
+    clicks: int = 0
+    conversions: int = 0
+    spent_micros: int = 0
+
+
+async def trend(conn: AsyncConnection, organization_id: str, window: Window) -> list[TrendBucket]:
+    """The window cut into up to ``TREND_POINTS`` equal buckets, oldest
+    first; buckets without events are zeros."""
+    step = math.ceil(window.seconds / min(TREND_POINTS, window.seconds))
+    count = math.ceil(window.seconds / step)
+    first = window.first_bucket
+    slot = cast(func.floor(extract("epoch", r.c.bucket - first) / step), Integer)
+    query = (
+        select(
+            slot,
+            func.sum(r.c.impressions),
+            func.sum(r.c.clicks),
+            func.sum(r.c.conversions),
+            func.sum(r.c.spent_micros),
+        )
+        .where(and_(r.c.organization_id == organization_id,
+                    r.c.bucket.between(first, window.last_bucket)))
+        .group_by(slot)
+    )
+    buckets = [TrendBucket(first + timedelta(seconds=i * step)) for i in range(count)]
+    for index, impressions, clicks, conversions, spent in await conn.execute(query):
+        bucket = buckets[index]
+        bucket.impressions = int(impressions)
+        bucket.clicks = int(clicks)
+        bucket.conversions = int(conversions)
+        bucket.spent_micros = int(spent)
+    return buckets

@@ -1,0 +1,78 @@
+"""Campaign, organization and dashboard metrics over a window."""
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from server.metrics import queries
+from server.metrics.formulas import CampaignMetrics, Totals
+from server.metrics.queries import TrendBucket
+from server.metrics.window import Window
+
+TOP_CAMPAIGNS = 5
+
+
+@dataclass(slots=True)
+class Dashboard:
+    summary: CampaignMetrics  # the organization's totals (campaign_id empty)
+    active_campaigns: int
+    top_campaigns: list[CampaignMetrics]
+    trend: list[TrendBucket]
+    campaigns: list[CampaignMetrics]
+
+
+class MetricsReader:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def campaign(
+        self, organization_id: str, campaign_id: str, window: Window
+    ) -> CampaignMetrics | None:
+        """The campaign's metrics, or None when it had no events in the window."""
+        async with self._engine.connect() as conn:
+            totals = await queries.campaign_totals(conn, organization_id, window, [campaign_id])
+        found = totals.get(campaign_id)
+        return _metrics(organization_id, campaign_id, window, found) if found else None
+
+    async def organization(self, organization_id: str, window: Window) -> list[CampaignMetrics]:
+        """Metrics of each campaign active in the window, by campaign id."""
+        async with self._engine.connect() as conn:
+            totals = await queries.campaign_totals(conn, organization_id, window)
+        return _per_campaign(organization_id, window, totals)
+
+    async def dashboard(self, organization_id: str, window: Window) -> Dashboard:
+        async with self._engine.connect() as conn:
+            totals = await queries.campaign_totals(conn, organization_id, window)
+            trend = await queries.trend(conn, organization_id, window)
+        campaigns = _per_campaign(organization_id, window, totals)
+        summed = Totals()
+        for campaign in campaigns:
+            summed += campaign.totals
+        top = sorted(campaigns, key=lambda m: (-m.totals.impressions, m.campaign_id))
+        return Dashboard(
+            summary=_metrics(organization_id, "", window, summed),
+            active_campaigns=len(campaigns),
+            top_campaigns=top[:TOP_CAMPAIGNS],
+            trend=trend,
+            campaigns=campaigns,
+        )
+
+
+def _metrics(organization_id: str, campaign_id: str, window: Window, totals: Totals) -> CampaignMetrics:
+    return CampaignMetrics(
+        campaign_id=campaign_id,
+        organization_id=organization_id,
+        timestamp=window.now,
+        window_start=window.first_bucket,
+        time_window=window.seconds,
+        totals=totals,
+    )
+
+
+def _per_campaign(
+    organization_id: str, window: Window, totals: dict[str, Totals]
+) -> list[CampaignMetrics]:
+    return [
+        _metrics(organization_id, campaign_id, window, totals[campaign_id])
+        for campaign_id in sorted(totals)
+    ]

@@ -1,0 +1,32 @@
+"""Server settings, from flags and ``CAMPAIGN_ANALYTICS_*`` environment variables."""
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAMPAIGN_ANALYTICS_", extra="ignore")
+
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "CAMPAIGN_ANALYTICS_DATABASE_URL"),
+        description="PostgreSQL URL; unset runs an embedded PostgreSQL in data_dir.",
+    )
+    data_dir: Path = Field(Path("data"), description="Folder of the embedded PostgreSQL.")
+    host: str = Field("127.0.0.1", description="Address the gRPC server listens on.")
+    grpc_port: int = Field(50051, description="gRPC port (0 picks a free one).")
+    buffer_size: int = Field(100, ge=1, description="Flush when this many events wait.")
+    flush_interval_ms: int = Field(5000, ge=1, description="Flush at least this often.")
+    buffer_capacity: int = Field(
+        100_000, ge=1, description="Most events buffered; beyond it ingest answers 429."
+    )
+    max_flush_events: int = Field(20_000, ge=1, description="Most events in one transaction.")
+    max_batch_events: int = Field(5_000, ge=1, description="Most events in one request.")
+    max_event_bytes: int = Field(32 * 1024, ge=256, description="Largest event, in bytes.")
+    max_future_seconds: int = Field(24 * 3600, description="How far ahead a timestamp may be.")
+    max_age_seconds: int = Field(30 * 24 * 3600, description="How old a timestamp may be.")
+    key_cache_seconds: float = Field(5.0, ge=0, description="How long a checked key is trusted.")
+    shutdown_grace_seconds: float = Field(10.0, ge=0, description="Drain time on SIGTERM.")
+    migrate: bool = Field(True, description="Apply database migrations at start-up.")

@@ -1,0 +1,1 @@
+"""PostgreSQL: schema, connections, migrations and the embedded server."""

@@ -1,0 +1,175 @@
+"""Writing a batch of events: one transaction for raw events, rollups, the
+daily CampaignAnalytics rows and sessions.
+
+The rows are copied (binary COPY) into a temporary staging table, then one
+statement inserts the new events (``ON CONFLICT DO NOTHING`` drops event ids
+already stored) and feeds only the rows it inserted into the aggregates, so a
+retried event changes nothing.
+"""
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import orjson
+import psycopg
+from psycopg.types.json import set_json_dumps
+
+# The columns of a staged event, in order: what the ingest path hands the writer.
+STAGING_COLUMNS = (
+    "organization_id",
+    "event_id",
+    "campaign_id",
+    "event_type",
+    "occurred_at",
+    "received_at",
+    "value_micros",
+    "session_id",
+    "duration",
+    "metadata",
+)
+STAGING_TYPES = (
+    "text",
+    "uuid",
+    "text",
+    "int2",
+    "timestamptz",
+    "timestamptz",
+    "int8",
+    "text",
+    "float8",
+    "jsonb",
+)
+
+# organization_id, event_id, campaign_id, event_type, occurred_at, received_at,
+# value_micros, session_id, duration, metadata
+EventRow = tuple[
+    str, UUID, str, int, datetime, datetime, int | None, str | None, float | None, Any
+]
+
+set_json_dumps(orjson.dumps)
+
+CREATE_STAGING = f"""
+CREATE TEMPORARY TABLE IF NOT EXISTS staging_events (
+    {", ".join(f"{c} {t}" for c, t in zip(STAGING_COLUMNS, STAGING_TYPES, strict=True))}
+) ON COMMIT DELETE ROWS
+"""
+
+COPY_STAGING = f"COPY staging_events ({', '.join(STAGING_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+
+_COUNTS = """
+    count(*) FILTER (WHERE event_type = 1),
+    count(*) FILTER (WHERE event_type = 2),
+    count(*) FILTER (WHERE event_type = 3),
+    count(*) FILTER (WHERE event_type = 4),
+    count(*) FILTER (WHERE event_type = 5),
+    count(*) FILTER (WHERE event_type = 6),
+    count(*) FILTER (WHERE event_type = 7)"""
+_COUNTERS = ("impressions", "clicks", "conversions", "views", "engagements", "completions", "skips")
+_COUNTS_AS = ",\n            ".join(
+    f"count(*) FILTER (WHERE event_type = {n}) AS {c}" for n, c in enumerate(_COUNTERS, 1)
+)
+
+
+def _add(table: str, columns: Sequence[str]) -> str:
+    return ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in columns)
+
+
+def _first(numerator: str, denominator: str, scale: str = "") -> str:
+    return f"CASE WHEN g.{denominator} > 0 THEN g.{numerator}{scale} / g.{denominator} ELSE 0 END"
+
+
+def _ratio(table: str, numerator: str, denominator: str, scale: str = "") -> str:
+    num = f"({table}.{numerator} + excluded.{numerator})"
+    den = f"({table}.{denominator} + excluded.{denominator})"
+    return f"CASE WHEN {den} > 0 THEN {num}{scale} / {den} ELSE 0 END"
+
+
+_CA = "campaign_analytics"
+FLUSH = f"""
+WITH inserted AS (
+    INSERT INTO events ({", ".join(STAGING_COLUMNS)})
+    SELECT {", ".join(STAGING_COLUMNS)} FROM staging_events
+    ON CONFLICT (organization_id, event_id) DO NOTHING
+    RETURNING organization_id, event_id, campaign_id, event_type, occurred_at,
+              value_micros, session_id, duration
+), rollups AS (
+    INSERT INTO campaign_rollups AS r (
+        organization_id, campaign_id, bucket, {", ".join(_COUNTERS)},
+        spent_micros, conversion_value_micros, view_time_sum, view_time_count)
+    SELECT organization_id, campaign_id, date_trunc('second', occurred_at), {_COUNTS},
+        coalesce(sum(value_micros) FILTER (WHERE event_type <> 3), 0),
+        coalesce(sum(value_micros) FILTER (WHERE event_type = 3), 0),
+        coalesce(sum(duration) FILTER (WHERE event_type = 4), 0),
+        count(duration) FILTER (WHERE event_type = 4)
+    FROM inserted GROUP BY 1, 2, 3
+    ON CONFLICT (organization_id, campaign_id, bucket) DO UPDATE SET
+        {_add("r", (*_COUNTERS, "spent_micros", "conversion_value_micros",
+                    "view_time_sum", "view_time_count"))}
+), daily AS (
+    INSERT INTO {_CA} AS ca (
+        organization_id, campaign_id, date, {", ".join(_COUNTERS)}, spent, conversion_value,
+        ctr, conversion_rate, cpc, cpa, engagement_rate, completion_rate, skip_rate, updated_at)
+    SELECT g.*,
+        {_first("clicks", "impressions", " * 100.0")},
+        {_first("conversions", "clicks", " * 100.0")},
+        {_first("spent", "clicks")},
+        {_first("spent", "conversions")},
+        {_first("engagements", "views", " * 100.0")},
+        {_first("completions", "views", " * 100.0")},
+        {_first("skips", "views", " * 100.0")},
+        now()
+    FROM (
+        SELECT organization_id, campaign_id, (occurred_at AT TIME ZONE 'UTC')::date AS date,
+            {_COUNTS_AS},
+            coalesce(sum(value_micros) FILTER (WHERE event_type <> 3), 0) / 1000000.0 AS spent,
+            coalesce(sum(value_micros) FILTER (WHERE event_type = 3), 0) / 1000000.0
+                AS conversion_value
+        FROM inserted GROUP BY 1, 2, 3
+    ) g
+    ON CONFLICT (organization_id, campaign_id, date) DO UPDATE SET
+        {_add("ca", (*_COUNTERS, "spent", "conversion_value"))},
+        ctr = {_ratio("ca", "clicks", "impressions", " * 100.0")},
+        conversion_rate = {_ratio("ca", "conversions", "clicks", " * 100.0")},
+        cpc = {_ratio("ca", "spent", "clicks")},
+        cpa = {_ratio("ca", "spent", "conversions")},
+        engagement_rate = {_ratio("ca", "engagements", "views", " * 100.0")},
+        completion_rate = {_ratio("ca", "completions", "views", " * 100.0")},
+        skip_rate = {_ratio("ca", "skips", "views", " * 100.0")},
+        updated_at = now()
+), sessions AS (
+    INSERT INTO campaign_sessions AS s (
+        organization_id, campaign_id, session_id, first_event_at, last_event_at, event_count)
+    SELECT organization_id, campaign_id, session_id, min(occurred_at), max(occurred_at), count(*)
+    FROM inserted WHERE session_id IS NOT NULL GROUP BY 1, 2, 3
+    ON CONFLICT (organization_id, campaign_id, session_id) DO UPDATE SET
+        first_event_at = least(s.first_event_at, excluded.first_event_at),
+        last_event_at = greatest(s.last_event_at, excluded.last_event_at),
+        event_count = s.event_count + excluded.event_count
+)
+SELECT st.organization_id, st.event_id FROM staging_events st
+WHERE NOT EXISTS (
+    SELECT 1 FROM inserted i
+    WHERE i.organization_id = st.organization_id AND i.event_id = st.event_id)
+"""
+async def prepare(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Creates the connection's staging table (once per connection)."""
+    await conn.execute(CREATE_STAGING)
+    await conn.commit()
+
+
+async def write_batch(
+    conn: psycopg.AsyncConnection[Any], rows: Sequence[EventRow]
+) -> list[tuple[str, UUID]]:
+    """Commits ``rows`` (event ids unique within the batch); returns the
+    (organization_id, event_id) of rows that were already stored."""
+    async with conn.transaction():
+        async with conn.cursor() as cur:
+            async with cur.copy(COPY_STAGING) as copy:
+                copy.set_types(STAGING_TYPES)
+                for row in rows:
+                    await copy.write_row(row)
+            await cur.execute(FLUSH)
+            duplicates = await cur.fetchall()
+    return duplicates  # type: ignore[return-value]

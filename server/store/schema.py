@@ -1,0 +1,132 @@
+"""The tables, as SQLAlchemy Core objects for queries.
+
+The DDL itself lives in the Alembic migrations (``migrations/versions``).
+Every primary key starts with ``organization_id`` so the schema can be
+distributed by organization (Citus) unchanged; ``campaigns`` is small and can
+be a reference table.
+"""
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    SmallInteger,
+    Table,
+    Text,
+    Uuid,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("organization_id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("organization_id", Text, primary_key=True),
+    Column("key_id", Text, primary_key=True),
+    Column("key_hash", LargeBinary, nullable=False, unique=True),
+    Column("role", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+campaigns = Table(
+    "campaigns",
+    metadata,
+    Column("organization_id", Text, primary_key=True),
+    Column("campaign_id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("organization_id", Text, primary_key=True),
+    Column("event_id", Uuid, primary_key=True),
+    Column("campaign_id", Text, nullable=False),
+    Column("event_type", SmallInteger, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("value_micros", BigInteger),
+    Column("session_id", Text),
+    Column("duration", Float),
+    Column("metadata", JSONB),
+)
+
+_COUNTERS = ("impressions", "clicks", "conversions", "views", "engagements", "completions", "skips")
+
+# Per-second totals of each campaign: window queries sum these.
+campaign_rollups = Table(
+    "campaign_rollups",
+    metadata,
+    Column("organization_id", Text, primary_key=True),
+    Column("campaign_id", Text, primary_key=True),
+    Column("bucket", DateTime(timezone=True), primary_key=True),
+    *(Column(name, BigInteger, nullable=False) for name in _COUNTERS),
+    Column("spent_micros", BigInteger, nullable=False),
+    Column("conversion_value_micros", BigInteger, nullable=False),
+    Column("view_time_sum", Float, nullable=False),
+    Column("view_time_count", BigInteger, nullable=False),
+)
+
+# The seed's CampaignAnalytics: one row per campaign and UTC date.
+campaign_analytics = Table(
+    "campaign_analytics",
+    metadata,
+    Column("organization_id", Text, primary_key=True),
+    Column("campaign_id", Text, primary_key=True),
+    Column("date", Date, primary_key=True),
+    *(Column(name, BigInteger, nullable=False) for name in _COUNTERS),
+    Column("spent", Numeric(20, 6), nullable=False),
+    Column("conversion_value", Numeric(20, 6), nullable=False),
+    Column("ctr", Float, nullable=False),
+    Column("conversion_rate", Float, nullable=False),
+    Column("cpc", Float, nullable=False),
+    Column("cpa", Float, nullable=False),
+    Column("engagement_rate", Float, nullable=False),
+    Column("completion_rate", Float, nullable=False),
+    Column("skip_rate", Float, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Sessions of each campaign, for the bounce rate.
+campaign_sessions = Table(
+    "campaign_sessions",
+    metadata,
+    Column("organization_id", Text, primary_key=True),
+    Column("campaign_id", Text, primary_key=True),
+    Column("session_id", Text, primary_key=True),
+    Column("first_event_at", DateTime(timezone=True), nullable=False),
+    Column("last_event_at", DateTime(timezone=True), nullable=False),
+    Column("event_count", Integer, nullable=False),
+)
+
+# Refused events with their reason and the payload as sent.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("organization_id", Text, primary_key=True),
+    Column("dead_letter_id", Uuid, primary_key=True),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("event_index", Integer, nullable=False),
+    Column("field", Text, nullable=False),
+    Column("code", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+)
