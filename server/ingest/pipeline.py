@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from server.domain import Principal, Rejection, Role
+from server.domain import Principal, Rejection
 from server.errors import InvalidArgument, PermissionDenied, Unavailable
 from server.ingest.campaigns import CampaignDirectory
 from server.ingest.dead_letters import DeadLetters
@@ -68,8 +68,6 @@ class IngestPipeline:
         """Validates and commits ``events``; returns once the accepted ones are
         durable. ``undecodable`` are events a front end could not decode, with
         their payload: they are rejected and dead-lettered."""
-        if not principal.may(Role.INGEST):
-            raise PermissionDenied(f"the key's role ({principal.role}) may not ingest events")
         self.check_batch_size(len(events) + len(undecodable))
         for event in events:
             if event.organization_id and event.organization_id != principal.organization_id:

@@ -90,6 +90,7 @@ class BatchWriter:
         self._pending_events = 0
         self._in_flight_events = 0
         self._wake = asyncio.Event()
+        self._flushed = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
@@ -170,6 +171,13 @@ class BatchWriter:
             return []
         return await asyncio.shield(done)
 
+    async def wait_for_room(self, timeout: float | None) -> None:
+        """Waits until the next flush ends (room may have been made), for at
+        most ``timeout`` seconds."""
+        flushed = self._flushed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(flushed.wait(), timeout)
+
     async def drain(self) -> None:
         """Waits until everything submitted so far is committed."""
         self._wake.set()
@@ -188,7 +196,12 @@ class BatchWriter:
                 self._wake.clear()
                 continue
             batch = self._take()
-            await self._flush(batch)
+            try:
+                await self._flush(batch)
+            finally:
+                self._in_flight_events = 0
+                self._flushed.set()
+                self._flushed = asyncio.Event()
 
     def _take(self) -> list[_Submission]:
         """Takes whole submissions, up to ``max_flush_events`` (at least one)."""
@@ -230,15 +243,12 @@ class BatchWriter:
                 break
             except (psycopg.OperationalError, OSError) as exc:
                 await self._lost_connection(exc)
-                if self._closing and self._worker_cancelled():
-                    return
                 await asyncio.sleep(backoff.next_delay())
             except psycopg.Error as exc:
                 # Not a connection fault: retrying the same rows would fail the
                 # same way, so the callers learn it now (nothing was committed).
                 log.exception("flush of %d events failed", len(rows))
                 self.stats.commit_errors += 1
-                self._in_flight_events = 0
                 for submission in batch:
                     if not submission.done.done():
                         submission.done.set_exception(
@@ -269,7 +279,6 @@ class BatchWriter:
         stats.last_flush = datetime.now(UTC)
         stats.last_flush_events = len(rows)
         stats.last_flush_duration_ms = (time.perf_counter() - started) * 1000
-        self._in_flight_events = 0
         if touched:
             for listener in self._listeners:
                 try:
@@ -296,10 +305,6 @@ class BatchWriter:
             with contextlib.suppress(Exception):
                 await self._conn.close()
         self._conn = None
-
-    def _worker_cancelled(self) -> bool:
-        task = asyncio.current_task()
-        return task is not None and task.cancelling() > 0
 
 
 def _consume_exception(future: asyncio.Future[list[bool]]) -> None:

@@ -1,0 +1,164 @@
+"""The gRPC server: services, health, reflection, the writer, and their
+start-up and orderly shutdown."""
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from clients import pb
+from server import codec
+from server.auth import KeyStore
+from server.ingest.campaigns import CampaignDirectory
+from server.ingest.dead_letters import DeadLetters
+from server.ingest.pipeline import IngestPipeline
+from server.ingest.validation import Limits
+from server.ingest.writer import BatchWriter
+from server.metrics.reader import MetricsReader
+from server.services.campaigns import CampaignServicer
+from server.services.ingest import IngestServicer
+from server.services.metrics import MetricsServicer
+from server.settings import ServerSettings
+from server.store import migrate
+from server.store.database import libpq_url, sqlalchemy_url
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+HEALTH_INTERVAL = 1.0
+
+
+@dataclass(slots=True)
+class Components:
+    engine: AsyncEngine
+    keys: KeyStore
+    writer: BatchWriter
+    pipeline: IngestPipeline
+    reader: MetricsReader
+
+
+class AnalyticsServer:
+    """One server process. ``start`` returns the bound gRPC port."""
+
+    def __init__(self, settings: ServerSettings, database_url: str) -> None:
+        self.settings = settings
+        self.database_url = database_url
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._monitor: asyncio.Task[None] | None = None
+        self.components: Components | None = None
+
+    async def start(self) -> int:
+        s = self.settings
+        if s.migrate:
+            await asyncio.to_thread(migrate.upgrade, self.database_url)
+        engine = create_async_engine(
+            sqlalchemy_url(self.database_url), pool_size=8, max_overflow=8, pool_pre_ping=True
+        )
+        keys = KeyStore(engine, s.key_cache_seconds)
+        campaigns = CampaignDirectory(engine)
+        writer = BatchWriter(
+            libpq_url(self.database_url),
+            flush_threshold=s.buffer_size,
+            flush_interval=s.flush_interval_ms / 1000,
+            capacity=s.buffer_capacity,
+            max_flush_events=s.max_flush_events,
+        )
+        pipeline = IngestPipeline(
+            writer,
+            campaigns,
+            DeadLetters(engine),
+            limits=Limits(
+                max_event_bytes=s.max_event_bytes,
+                max_future=timedelta(seconds=s.max_future_seconds),
+                max_age=timedelta(seconds=s.max_age_seconds),
+            ),
+            max_batch_events=s.max_batch_events,
+            payload_of=codec.event_payload,
+        )
+        reader = MetricsReader(engine)
+        self.components = Components(engine, keys, writer, pipeline, reader)
+        await writer.start()
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb.add_IngestServiceServicer_to_server(IngestServicer(keys, pipeline), server)
+        pb.add_MetricsServiceServicer_to_server(
+            MetricsServicer(keys, reader, campaigns, pipeline), server
+        )
+        pb.add_CampaignServiceServicer_to_server(CampaignServicer(keys, engine, campaigns), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (*pb.SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        self.port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {s.host}:{s.grpc_port}: the port is taken?")
+        await server.start()
+        self._server = server
+        await self._check_health()
+        self._monitor = asyncio.create_task(self._watch_health(), name="health-monitor")
+        log.info("gRPC server listening on %s:%d", s.host, self.port)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> bool:
+        """Drains: health NOT_SERVING, stop taking calls (in-flight ones get
+        ``grace`` seconds), commit what is buffered. Returns whether
+        everything acknowledged-or-buffered was committed."""
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(grace)
+        drained = True
+        if self.components is not None:
+            remaining = max(0.1, deadline - loop.time())
+            drained = await self.components.writer.shutdown(remaining)
+            await self.components.engine.dispose()
+        return drained
+
+    async def wait_for_termination(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()
+
+    async def _watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL)
+            await self._check_health()
+
+    async def _check_health(self) -> None:
+        """SERVING while PostgreSQL answers and the writer is not degraded."""
+        assert self.components is not None
+        healthy = not self.components.writer.degraded
+        if healthy:
+            try:
+                async with asyncio.timeout(2):
+                    async with self.components.engine.connect() as conn:
+                        await conn.execute(text("SELECT 1"))
+            except Exception:
+                healthy = False
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if healthy
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *pb.SERVICE_NAMES):
+            await self._health.set(name, status)

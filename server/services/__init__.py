@@ -1,0 +1,1 @@
+"""gRPC servicers: thin adapters between the protocol and the domain."""

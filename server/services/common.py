@@ -1,0 +1,82 @@
+"""What every servicer shares: the caller's identity and error reporting."""
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from server import errors
+from server.auth import KeyStore
+from server.domain import Principal, Role
+
+log = logging.getLogger(__name__)
+
+_CODES: dict[type[errors.ServiceError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+
+
+def reports_errors(handler: Handler) -> Handler:
+    """Turns ``ServiceError`` into the matching gRPC status (with a
+    ``retry-after`` trailer where a retry is expected) and hides internal
+    errors behind INTERNAL."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await handler(self, request, context)
+        except errors.ServiceError as exc:
+            code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL)
+            trailers: tuple[tuple[str, str], ...] = ()
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:
+                trailers = (("retry-after", str(max(1, round(retry_after)))),)
+            await context.abort(code, exc.message, trailing_metadata=trailers)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, "internal error; the server logged the cause"
+            )
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Authenticated:
+    """Base of the servicers: who is calling, and may they."""
+
+    def __init__(self, keys: KeyStore) -> None:
+        self._keys = keys
+
+    async def caller(self, context: grpc.aio.ServicerContext, role: Role) -> Principal:
+        authorization = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value if isinstance(value, str) else value.decode()
+                break
+        principal = await self._keys.authenticate(authorization)
+        if not principal.may(role):
+            raise errors.PermissionDenied(
+                f"the key's role ({principal.role}) does not allow this; it needs {role}"
+            )
+        return principal
+
+
+def same_organization(principal: Principal, organization_id: str) -> str:
+    """The organization a request names (the caller's when empty); refuses others."""
+    if organization_id and organization_id != principal.organization_id:
+        raise errors.PermissionDenied(
+            f"the key may not act on organization {organization_id!r}"
+        )
+    return principal.organization_id

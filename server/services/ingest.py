@@ -1,0 +1,164 @@
+"""IngestService: events in, each accepted, duplicate or rejected."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+
+from clients import pb
+from server import codec
+from server.auth import KeyStore
+from server.domain import Role
+from server.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from server.ingest.pipeline import IngestPipeline, IngestResult
+from server.ingest.validation import IncomingEvent
+from server.services.common import Authenticated, reports_errors
+
+# Stream messages validated and waiting for their commit at once, per stream.
+STREAM_WINDOW = 16
+
+
+class IngestServicer(Authenticated, pb.IngestServiceServicer):
+    def __init__(self, keys: KeyStore, pipeline: IngestPipeline) -> None:
+        super().__init__(keys)
+        self._pipeline = pipeline
+
+    @reports_errors
+    async def IngestEvents(
+        self, request: pb.IngestEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.IngestEventsResponse:
+        principal = await self.caller(context, Role.INGEST)
+        messages = list(request.events)
+        single = request.HasField("event") and not messages and not request.undecodable_events
+        if request.HasField("event"):
+            messages.insert(0, request.event)
+        skip = frozenset(u.index for u in request.undecodable_events)
+        result = await self._pipeline.ingest(
+            principal,
+            codec.decode_events(messages, skip=skip),
+            codec.decode_undecodable(request.undecodable_events),
+            timeout=context.time_remaining(),
+        )
+        if single:
+            _raise_if_rejected(result)
+            message = "Event ingested successfully"
+        elif result.stored:
+            message = f"{result.stored} events ingested successfully"
+        else:
+            message = f"no events ingested: {len(result.rejected)} rejected"
+        return pb.IngestEventsResponse(
+            success=result.stored > 0,
+            message=message,
+            count=result.stored,
+            accepted=result.accepted,
+            duplicates=result.duplicates,
+            rejected=[codec.encode_rejection(r) for r in result.rejected],
+            timestamp=codec.now_timestamp(),
+            event_id=result.event_ids.get(0, "") if single else "",
+        )
+
+    @reports_errors
+    async def IngestCampaignEvent(
+        self, request: pb.IngestCampaignEventRequest, context: grpc.aio.ServicerContext
+    ) -> pb.IngestCampaignEventResponse:
+        principal = await self.caller(context, Role.INGEST)
+        campaign_id = request.campaign_id
+        owner = await self._pipeline.campaigns.owner(campaign_id) if campaign_id else None
+        if owner is None:
+            raise NotFound("Campaign not found")
+        if owner != principal.organization_id:
+            raise PermissionDenied(f"campaign {campaign_id!r} belongs to another organization")
+        event = pb.Event()
+        event.CopyFrom(request.event)
+        if event.campaign_id and event.campaign_id != campaign_id:
+            raise InvalidArgument(
+                f"the event names campaign {event.campaign_id!r} but the path names "
+                f"{campaign_id!r}"
+            )
+        event.campaign_id = campaign_id
+        if not event.organization_id:
+            event.organization_id = principal.organization_id
+        result = await self._pipeline.ingest(
+            principal, [codec.decode_event(event, 0)], timeout=context.time_remaining()
+        )
+        _raise_if_rejected(result)
+        return pb.IngestCampaignEventResponse(
+            success=True,
+            message="Analytics event ingested successfully",
+            campaign_id=campaign_id,
+            event_type=event.event_type,
+            timestamp=codec.now_timestamp(),
+            event_id=result.event_ids.get(0, ""),
+            duplicate=result.duplicates > 0,
+        )
+
+    @reports_errors
+    async def StreamEvents(
+        self,
+        request_iterator: AsyncIterator[pb.StreamEventsRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> pb.StreamEventsResponse:
+        principal = await self.caller(context, Role.INGEST)
+        total = IngestResult()
+        failures: list[BaseException] = []
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        in_flight: set[asyncio.Task[None]] = set()
+
+        async def ingest(events: list[IncomingEvent]) -> None:
+            try:
+                while True:
+                    try:
+                        result = await self._pipeline.ingest(
+                            principal, events, timeout=context.time_remaining()
+                        )
+                        break
+                    except ResourceExhausted:
+                        # A stream waits for room instead of failing: while it
+                        # waits it reads no further, which slows the sender.
+                        await self._pipeline.writer.wait_for_room(context.time_remaining())
+                total.accepted += result.accepted
+                total.duplicates += result.duplicates
+                total.rejected.extend(result.rejected)
+            except Exception as exc:
+                failures.append(exc)
+            finally:
+                window.release()
+
+        offset = batches = 0
+        try:
+            async for message in request_iterator:
+                if failures:
+                    break
+                batches += 1
+                self._pipeline.check_batch_size(len(message.events))
+                events = codec.decode_events(message.events, offset)
+                offset += len(message.events)
+                await window.acquire()
+                task = asyncio.create_task(ingest(events))
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            if in_flight:
+                await asyncio.wait(in_flight)
+        finally:
+            for task in in_flight:
+                task.cancel()
+        if failures:
+            raise failures[0]
+        total.rejected.sort(key=lambda r: r.index)
+        return pb.StreamEventsResponse(
+            success=total.stored > 0 or offset == 0,
+            message=f"{total.stored} events ingested successfully",
+            count=total.stored,
+            accepted=total.accepted,
+            duplicates=total.duplicates,
+            rejected=[codec.encode_rejection(r) for r in total.rejected],
+            timestamp=codec.now_timestamp(),
+            batches=batches,
+        )
+
+
+def _raise_if_rejected(result: IngestResult) -> None:
+    if result.rejected:
+        rejection = result.rejected[0]
+        where = f" ({rejection.field})" if rejection.field else ""
+        raise InvalidArgument(f"event rejected{where}: {rejection.reason}")
