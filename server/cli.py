@@ -1,0 +1,295 @@
+"""The ``campaign-analytics`` command."""
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from server import admin, demo
+from server.app import AnalyticsServer
+from server.auth import create_key
+from server.domain import Role
+from server.errors import ServiceError
+from server.settings import ServerSettings
+from server.store import migrate
+from server.store.database import resolve_url, sqlalchemy_url
+
+log = logging.getLogger("campaign_analytics")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        args.run(args)
+    except ServiceError as exc:
+        sys.exit(f"error: {exc.message}")
+    except KeyboardInterrupt:
+        pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="campaign-analytics",
+        description="Real-time campaign analytics: gRPC and REST ingest, live metrics.",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    commands = parser.add_subparsers(required=True, metavar="command")
+
+    def database(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--database-url",
+            default=None,
+            help="PostgreSQL URL (env DATABASE_URL); unset runs an embedded PostgreSQL",
+        )
+        p.add_argument(
+            "--data-dir", type=Path, default=None,
+            help="folder of the embedded PostgreSQL (default ./data)",
+        )
+
+    serve = commands.add_parser("serve", help="run the gRPC server and the REST gateway")
+    database(serve)
+    serve.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    serve.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default 50051)")
+    serve.add_argument("--http-port", type=int, default=None, help="REST port (default 8080)")
+    serve.add_argument("--no-gateway", action="store_true", help="run only the gRPC server")
+    serve.add_argument(
+        "--demo", action="store_true",
+        help="create a demo organization, campaigns and key, and feed simulated traffic",
+    )
+    serve.set_defaults(run=_serve)
+
+    gateway = commands.add_parser("gateway", help="run only the REST gateway")
+    gateway.add_argument("--grpc-target", default=None, help="gRPC server (default 127.0.0.1:50051)")
+    gateway.add_argument("--host", default=None)
+    gateway.add_argument("--http-port", type=int, default=None)
+    gateway.set_defaults(run=_gateway)
+
+    migrate_cmd = commands.add_parser("migrate", help="apply the database migrations")
+    database(migrate_cmd)
+    migrate_cmd.set_defaults(run=_migrate)
+
+    org = commands.add_parser("create-organization", help="create an organization")
+    database(org)
+    org.add_argument("organization_id")
+    org.add_argument("--name", default="")
+    org.set_defaults(run=_create_organization)
+
+    key = commands.add_parser("create-key", help="create an API key for an organization")
+    database(key)
+    key.add_argument("organization_id")
+    key.add_argument("--role", choices=[r.value for r in Role], default=Role.ADMIN.value)
+    key.add_argument("--name", default="")
+    key.set_defaults(run=_create_key)
+
+    campaign = commands.add_parser("create-campaign", help="create a campaign")
+    database(campaign)
+    campaign.add_argument("organization_id")
+    campaign.add_argument("campaign_id")
+    campaign.add_argument("--name", default="")
+    campaign.set_defaults(run=_create_campaign)
+    return parser
+
+
+def _settings(args: argparse.Namespace, **overrides: Any) -> ServerSettings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if getattr(args, "database_url", None):
+        values["database_url"] = args.database_url
+    if getattr(args, "data_dir", None):
+        values["data_dir"] = args.data_dir
+    return ServerSettings(**values)
+
+
+def _database_url(settings: ServerSettings) -> str:
+    if not settings.database_url:
+        print(f"Using the embedded PostgreSQL in {settings.data_dir.resolve()} ...", flush=True)
+    return resolve_url(settings.database_url, settings.data_dir)
+
+
+# -- serve -------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> None:
+    settings = _settings(args, host=args.host, grpc_port=args.grpc_port)
+    _use_uvloop()
+    asyncio.run(_serve_async(args, settings))
+
+
+async def _serve_async(args: argparse.Namespace, settings: ServerSettings) -> None:
+    url = _database_url(settings)
+    server = AnalyticsServer(settings, url)
+    port = await server.start()
+    print(f"gRPC server listening on {settings.host}:{port}", flush=True)
+
+    gateway: subprocess.Popen[bytes] | None = None
+    http_port = args.http_port if args.http_port is not None else 8080
+    if not args.no_gateway:
+        gateway = _start_gateway(f"{settings.host}:{port}", settings.host, http_port)
+        await asyncio.to_thread(_wait_for_port, settings.host, http_port, gateway)
+        print(f"REST gateway listening on http://{settings.host}:{http_port}", flush=True)
+
+    traffic: asyncio.Task[None] | None = None
+    if args.demo:
+        assert server.components is not None
+        key = await demo.prepare(server.components.engine)
+        traffic = asyncio.create_task(demo.run_traffic(server.components.pipeline))
+        print(_demo_help(settings.host, port, http_port, key), flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("Shutting down: finishing calls and committing buffered events ...", flush=True)
+    if traffic is not None:
+        traffic.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await traffic
+    if gateway is not None:
+        gateway.terminate()
+    drained = await server.stop()
+    if gateway is not None:
+        try:
+            gateway.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+    if not drained:
+        sys.exit("error: some buffered events could not be committed before the grace period ended")
+    print("Stopped.", flush=True)
+
+
+def _start_gateway(grpc_target: str, host: str, http_port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    env.update(
+        CAMPAIGN_ANALYTICS_GRPC_TARGET=grpc_target,
+        CAMPAIGN_ANALYTICS_HOST=host,
+        CAMPAIGN_ANALYTICS_PORT=str(http_port),
+    )
+    return subprocess.Popen([sys.executable, "-m", "gateway"], env=env)
+
+
+def _wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], limit: float = 30) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServiceError(f"the REST gateway exited with code {process.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise ServiceError(f"the REST gateway did not listen on {host}:{port} within {limit:g} s")
+
+
+def _demo_help(host: str, grpc_port: int, http_port: int, key: str) -> str:
+    base = f"http://{host}:{http_port}"
+    org = demo.DEMO_ORGANIZATION
+    return f"""
+Demo organization {org} with campaigns {", ".join(demo.DEMO_CAMPAIGNS)} is receiving
+simulated traffic. Its admin key (shown once): {key}
+
+  export KEY={key}
+  curl -s -H "authorization: Bearer $KEY" '{base}/api/campaigns/camp_123/analytics/real-time?timeWindow=3600'
+  curl -s -H "authorization: Bearer $KEY" '{base}/api/analytics/real-time/dashboard?organizationId={org}&timeWindow=3600'
+  curl -s -H "authorization: Bearer $KEY" -H 'content-type: application/json' \\
+       -d '{{"event": {{"eventType": "click", "campaignId": "camp_123", "organizationId": "{org}", "value": 1.5}}}}' \\
+       {base}/api/analytics/real-time
+
+  python -c "
+from clients import AnalyticsClient, make_event
+with AnalyticsClient('{host}:{grpc_port}', api_key='$KEY') as client:
+    client.ingest([make_event('click', 'camp_123', '{org}', value=1.5)])
+    print(client.get_campaign_metrics('camp_123').metrics)"
+
+Press Ctrl+C to stop.
+"""
+
+
+def _gateway(args: argparse.Namespace) -> None:
+    from gateway.main import serve
+    from gateway.settings import GatewaySettings
+
+    overrides = {
+        "grpc_target": args.grpc_target,
+        "host": args.host,
+        "port": args.http_port,
+    }
+    serve(GatewaySettings(**{k: v for k, v in overrides.items() if v is not None}))
+
+
+# -- administration ---------------------------------------------------------------
+
+
+def _migrate(args: argparse.Namespace) -> None:
+    url = _database_url(_settings(args))
+    migrate.upgrade(url)
+    print("The database schema is up to date.")
+
+
+def _admin(args: argparse.Namespace, action: Callable[[Any], Awaitable[str]]) -> None:
+    url = _database_url(_settings(args))
+    migrate.upgrade(url)
+
+    async def run() -> str:
+        engine = create_async_engine(sqlalchemy_url(url))
+        try:
+            return await action(engine)
+        finally:
+            await engine.dispose()
+
+    print(asyncio.run(run()))
+
+
+def _create_organization(args: argparse.Namespace) -> None:
+    async def action(engine: Any) -> str:
+        await admin.create_organization(engine, args.organization_id, args.name)
+        return f"Created organization {args.organization_id}."
+
+    _admin(args, action)
+
+
+def _create_key(args: argparse.Namespace) -> None:
+    async def action(engine: Any) -> str:
+        if not await admin.organization_exists(engine, args.organization_id):
+            raise ServiceError(
+                f"organization {args.organization_id!r} does not exist; "
+                "create it with create-organization"
+            )
+        key = await create_key(engine, args.organization_id, Role(args.role), args.name)
+        return f"{key}\n(the {args.role} key of {args.organization_id}; it is shown only once)"
+
+    _admin(args, action)
+
+
+def _create_campaign(args: argparse.Namespace) -> None:
+    async def action(engine: Any) -> str:
+        await admin.create_campaign(engine, args.organization_id, args.campaign_id, args.name)
+        return f"Created campaign {args.campaign_id} in {args.organization_id}."
+
+    _admin(args, action)
+
+
+def _use_uvloop() -> None:
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+if __name__ == "__main__":
+    main()
