@@ -77,15 +77,19 @@ def decode_event(message: pb.Event, index: int) -> IncomingEvent:
 
 
 def decode_events(
-    messages: Iterable[pb.Event], offset: int = 0, skip: frozenset[int] = frozenset()
+    messages: Iterable[pb.Event], offset: int = 0, undecodable: frozenset[int] = frozenset()
 ) -> list[IncomingEvent]:
-    """Decodes a batch; ``skip`` holds the indexes of placeholders for events
-    a front end could not decode."""
-    return [
-        decode_event(message, offset + i)
-        for i, message in enumerate(messages)
-        if offset + i not in skip
-    ]
+    """Decodes a batch. Events are numbered from ``offset`` in request order,
+    leaving out the ``undecodable`` indexes (taken by events a front end could
+    not decode), so every event keeps its position in what the caller sent."""
+    decoded = []
+    index = offset
+    for message in messages:
+        while index in undecodable:
+            index += 1
+        decoded.append(decode_event(message, index))
+        index += 1
+    return decoded
 
 
 def decode_undecodable(

@@ -32,10 +32,10 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
         single = request.HasField("event") and not messages and not request.undecodable_events
         if request.HasField("event"):
             messages.insert(0, request.event)
-        skip = frozenset(u.index for u in request.undecodable_events)
+        undecodable = frozenset(u.index for u in request.undecodable_events)
         result = await self._pipeline.ingest(
             principal,
-            codec.decode_events(messages, skip=skip),
+            codec.decode_events(messages, undecodable=undecodable),
             codec.decode_undecodable(request.undecodable_events),
             timeout=context.time_remaining(),
         )

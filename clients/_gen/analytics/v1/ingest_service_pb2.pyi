@@ -37,7 +37,10 @@ class IngestEventsRequest(_message.Message):
 
     @_builtins.property
     def undecodable_events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.UndecodableEvent]:
-        """Events a front end could not decode; recorded as rejected."""
+        """Events a front end could not decode, at their index in what the caller
+        sent; recorded as rejected. The events of `event` and `events` are
+        numbered around these indexes, in order.
+        """
 
     def __init__(
         self,

@@ -1,0 +1,166 @@
+"""Test helpers: a server on its own event loop, and organizations with
+keys and campaigns."""
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from clients import pb
+from server import admin
+from server.app import AnalyticsServer
+from server.auth import create_key
+from server.domain import Role
+from server.settings import ServerSettings
+
+T = TypeVar("T")
+
+
+class ServerThread:
+    """An AnalyticsServer on its own event loop in a thread, so tests can use
+    blocking clients against it."""
+
+    def __init__(self, database_url: str, **settings: Any) -> None:
+        settings.setdefault("grpc_port", 0)
+        settings.setdefault("migrate", False)
+        self.settings = ServerSettings(**settings)
+        self.database_url = database_url
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.server = AnalyticsServer(self.settings, database_url)
+        self.port = self.call(self.server.start())
+        self.target = f"127.0.0.1:{self.port}"
+        self._stopped = False
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    @property
+    def components(self) -> Any:
+        return self.server.components
+
+    def stop(self, grace: float = 5) -> bool:
+        if self._stopped:
+            return True
+        self._stopped = True
+        drained = self.call(self.server.stop(grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+        return drained
+
+
+@dataclass
+class Stubs:
+    ingest: pb.IngestServiceStub
+    metrics: pb.MetricsServiceStub
+    campaigns: pb.CampaignServiceStub
+
+
+@dataclass
+class Tenant:
+    """An organization with campaigns and one key per role."""
+
+    organization_id: str
+    campaign_ids: list[str]
+    keys: dict[Role, str] = field(default_factory=dict)
+
+    def auth(self, role: Role = Role.ADMIN) -> tuple[tuple[str, str]]:
+        """gRPC metadata carrying the key of ``role``."""
+        return (("authorization", f"Bearer {self.keys[role]}"),)
+
+    def headers(self, role: Role = Role.ADMIN) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.keys[role]}"}
+
+
+def make_tenant(server: ServerThread, campaigns: int = 3) -> Tenant:
+    suffix = uuid.uuid4().hex[:8]
+    tenant = Tenant(f"org_{suffix}", [f"camp_{suffix}_{i}" for i in range(campaigns)])
+    engine = server.components.engine
+
+    async def create() -> None:
+        await admin.create_organization(engine, tenant.organization_id)
+        for campaign_id in tenant.campaign_ids:
+            await admin.create_campaign(engine, tenant.organization_id, campaign_id)
+        for role in Role:
+            tenant.keys[role] = await create_key(engine, tenant.organization_id, role)
+
+    server.call(create())
+    return tenant
+
+
+EVENT_TYPES = {
+    "impression": pb.EventType.EVENT_TYPE_IMPRESSION,
+    "click": pb.EventType.EVENT_TYPE_CLICK,
+    "conversion": pb.EventType.EVENT_TYPE_CONVERSION,
+    "view": pb.EventType.EVENT_TYPE_VIEW,
+    "engagement": pb.EventType.EVENT_TYPE_ENGAGEMENT,
+    "completion": pb.EventType.EVENT_TYPE_COMPLETION,
+    "skip": pb.EventType.EVENT_TYPE_SKIP,
+}
+
+
+def event(
+    event_type: str,
+    campaign_id: str,
+    organization_id: str,
+    *,
+    value: float | None = None,
+    when: datetime | None = None,
+    session_id: str = "",
+    duration: float | None = None,
+    event_id: str | None = None,
+) -> pb.Event:
+    """An event with a fresh id unless one is given."""
+    message = pb.Event(
+        event_id=str(uuid.uuid4()) if event_id is None else event_id,
+        event_type=EVENT_TYPES[event_type],
+        campaign_id=campaign_id,
+        organization_id=organization_id,
+    )
+    if value is not None:
+        message.value = value
+    if when is not None:
+        message.timestamp.FromDatetime(when)
+    if session_id or duration is not None:
+        message.metadata.session_id = session_id
+        if duration is not None:
+            message.metadata.duration = duration
+    return message
+
+
+class GatewayThread:
+    """The REST gateway served by uvicorn on 127.0.0.1, a free port, in a thread."""
+
+    def __init__(self, grpc_target: str, **settings: Any) -> None:
+        import socket
+
+        import uvicorn
+
+        from gateway.app import create_app
+        from gateway.settings import GatewaySettings
+
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        app = create_app(GatewaySettings(grpc_target=grpc_target, port=self.port, **settings))
+        config = uvicorn.Config(app, http="httptools", loop="asyncio", log_level="warning")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True
+        )
+        self._thread.start()
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("the gateway did not start")
+            self._thread.join(0.01)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+        self._socket.close()
