@@ -5,7 +5,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import json_format, text_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients import pb
@@ -105,7 +105,12 @@ def event_payload(message: Any) -> str:
     """The event as JSON, for the dead-letter table."""
     if message is None:
         return ""
-    return json_format.MessageToJson(message, indent=None, preserving_proto_field_name=False)
+    try:
+        return json_format.MessageToJson(message, indent=None)
+    except json_format.Error:
+        # Not expressible as JSON (an out-of-range timestamp, say): keep it
+        # in protobuf text format rather than lose it.
+        return text_format.MessageToString(message, as_one_line=True)
 
 
 def _decode_timestamp(ts: Timestamp) -> tuple[datetime | None, str]:

@@ -1,0 +1,141 @@
+"""Every rejection reason: the event is refused with its index, field and
+code, the rest of the batch goes through, and the refused event is in the
+dead-letter table with its payload."""
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import psycopg
+import pytest
+from support import Stubs, Tenant, event
+
+from clients import pb
+from server.domain import Role
+from server.store.database import libpq_url
+
+
+def dead_letters(database_url: str, organization_id: str) -> list[tuple[int, str, str, str]]:
+    with psycopg.connect(libpq_url(database_url)) as conn:
+        return conn.execute(
+            "SELECT event_index, field, code, payload FROM dead_letters"
+            " WHERE organization_id = %s ORDER BY event_index",
+            (organization_id,),
+        ).fetchall()
+
+
+def test_each_rejection_reason_is_reported_and_dead_lettered(
+    stubs: Stubs, tenant: Tenant, other_tenant: Tenant, database_url: str
+) -> None:
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+    now = datetime.now(UTC)
+    good = event("click", campaign, org, value=1.0)
+    cases: list[tuple[pb.Event, str, str]] = []
+
+    def case(message: pb.Event, field: str, code: str) -> None:
+        cases.append((message, field, code))
+
+    case(pb.Event(event_type=99, campaign_id=campaign, organization_id=org), "eventType",
+         "invalid_event_type")
+    case(pb.Event(event_type=0, campaign_id=campaign, organization_id=org), "eventType",
+         "invalid_event_type")
+    case(pb.Event(event_type=1, organization_id=org), "campaignId", "missing_field")
+    case(pb.Event(event_type=1, campaign_id=campaign), "organizationId", "missing_field")
+    case(pb.Event(event_type=1, campaign_id="x" * 200, organization_id=org), "campaignId",
+         "field_too_long")
+    case(event("click", campaign, org, event_id="not-a-uuid"), "eventId", "invalid_event_id")
+    case(event("click", campaign, org, when=now + timedelta(hours=25)), "timestamp",
+         "timestamp_in_future")
+    case(event("click", campaign, org, when=now - timedelta(days=31)), "timestamp",
+         "timestamp_too_old")
+    bad_time = event("click", campaign, org)
+    bad_time.timestamp.seconds = 10**12
+    case(bad_time, "timestamp", "invalid_timestamp")
+    case(event("click", campaign, org, value=-1.0), "value", "invalid_value")
+    case(event("click", campaign, org, value=math.nan), "value", "invalid_value")
+    case(event("click", campaign, org, value=math.inf), "value", "invalid_value")
+    case(event("view", campaign, org, duration=-5.0), "metadata.duration", "invalid_duration")
+    long_agent = event("view", campaign, org)
+    long_agent.metadata.user_agent = "a" * 5000
+    case(long_agent, "metadata.userAgent", "field_too_long")
+    huge = event("view", campaign, org)
+    huge.metadata.extra.update({f"k{i}": "v" * 100 for i in range(400)})
+    case(huge, "", "event_too_large")
+    case(event("click", "camp_missing_" + org, org), "campaignId", "campaign_not_found")
+    case(event("click", other_tenant.campaign_ids[0], org), "campaignId",
+         "campaign_organization_mismatch")
+
+    batch = [good] + [message for message, _, _ in cases]
+    reply = stubs.ingest.IngestEvents(
+        pb.IngestEventsRequest(events=batch), metadata=tenant.auth(Role.INGEST)
+    )
+    assert reply.success and reply.accepted == 1 and reply.duplicates == 0
+    got = [(r.index, r.field, r.code) for r in reply.rejected]
+    want = [(i + 1, field, code) for i, (_, field, code) in enumerate(cases)]
+    assert got == want
+    assert all(r.reason for r in reply.rejected)
+
+    stored = dead_letters(database_url, org)
+    assert [(i, f, c) for i, f, c, _ in stored] == want
+    # The payload is the event as sent, so it can be inspected and replayed.
+    assert campaign in stored[0][3]
+
+
+def test_undecodable_events_are_dead_lettered_at_their_index(
+    stubs: Stubs, tenant: Tenant, database_url: str
+) -> None:
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+    request = pb.IngestEventsRequest(
+        events=[event("impression", campaign, org), event("click", campaign, org)],
+        undecodable_events=[
+            pb.UndecodableEvent(index=1, field="value", reason="value must be a number",
+                                payload='{"value": "abc"}')
+        ],
+    )
+    reply = stubs.ingest.IngestEvents(request, metadata=tenant.auth(Role.INGEST))
+    assert reply.accepted == 2
+    assert [(r.index, r.field, r.code) for r in reply.rejected] == [(1, "value", "undecodable")]
+    assert dead_letters(database_url, org) == [(1, "value", "undecodable", '{"value": "abc"}')]
+
+
+def test_single_rejected_event_is_an_invalid_argument(stubs: Stubs, tenant: Tenant) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        stubs.ingest.IngestEvents(
+            pb.IngestEventsRequest(event=event("click", "nope", tenant.organization_id)),
+            metadata=tenant.auth(Role.INGEST),
+        )
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "campaign" in raised.value.details()
+
+
+@pytest.mark.parametrize("count", [0, 5001])
+def test_empty_and_oversized_batches_are_refused(stubs: Stubs, tenant: Tenant, count: int) -> None:
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+    events = [event("impression", campaign, org) for _ in range(count)]
+    with pytest.raises(grpc.RpcError) as raised:
+        stubs.ingest.IngestEvents(
+            pb.IngestEventsRequest(events=events), metadata=tenant.auth(Role.INGEST)
+        )
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert ("5000" in raised.value.details()) == (count > 0)
+
+
+def test_oversized_stream_message_is_refused(stubs: Stubs, tenant: Tenant) -> None:
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+    batch = pb.StreamEventsRequest(events=[event("impression", campaign, org)] * 5001)
+    with pytest.raises(grpc.RpcError) as raised:
+        stubs.ingest.StreamEvents(iter([batch]), metadata=tenant.auth(Role.INGEST))
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_stream_rejections_are_numbered_across_the_stream(stubs: Stubs, tenant: Tenant) -> None:
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+    batches = [
+        pb.StreamEventsRequest(events=[event("impression", campaign, org) for _ in range(3)]),
+        pb.StreamEventsRequest(
+            events=[event("impression", campaign, org), event("click", "nope", org)]
+        ),
+    ]
+    reply = stubs.ingest.StreamEvents(iter(batches), metadata=tenant.auth(Role.INGEST))
+    assert (reply.accepted, reply.batches) == (4, 2)
+    assert [(r.index, r.code) for r in reply.rejected] == [(4, "campaign_not_found")]
