@@ -76,8 +76,12 @@ async def create_campaign(
 
 async def list_campaigns(engine: AsyncEngine, organization_id: str) -> list[CampaignRecord]:
     query = (
-        select(campaigns.c.campaign_id, campaigns.c.organization_id, campaigns.c.name,
-               campaigns.c.created_at)
+        select(
+            campaigns.c.campaign_id,
+            campaigns.c.organization_id,
+            campaigns.c.name,
+            campaigns.c.created_at,
+        )
         .where(campaigns.c.organization_id == organization_id)
         .order_by(campaigns.c.campaign_id)
     )

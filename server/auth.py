@@ -33,9 +33,7 @@ def hash_key(key: str) -> bytes:
 def bearer_token(authorization: str | None) -> str:
     """The key in an ``authorization: Bearer <key>`` value."""
     if not authorization:
-        raise Unauthenticated(
-            "an API key is required: send it as 'authorization: Bearer <key>'"
-        )
+        raise Unauthenticated("an API key is required: send it as 'authorization: Bearer <key>'")
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthenticated("the authorization value must read 'Bearer <key>'")
@@ -70,9 +68,7 @@ class KeyStore:
         return principal
 
 
-async def create_key(
-    engine: AsyncEngine, organization_id: str, role: Role, name: str = ""
-) -> str:
+async def create_key(engine: AsyncEngine, organization_id: str, role: Role, name: str = "") -> str:
     """Creates a key and returns it: the only time it is ever shown."""
     key_id, key = new_key()
     async with engine.begin() as conn:

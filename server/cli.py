@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
             help="PostgreSQL URL (env DATABASE_URL); unset runs an embedded PostgreSQL",
         )
         p.add_argument(
-            "--data-dir", type=Path, default=None,
+            "--data-dir",
+            type=Path,
+            default=None,
             help="folder of the embedded PostgreSQL (default ./data)",
         )
 
@@ -71,13 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-port", type=int, default=None, help="REST port (default 8080)")
     serve.add_argument("--no-gateway", action="store_true", help="run only the gRPC server")
     serve.add_argument(
-        "--demo", action="store_true",
+        "--demo",
+        action="store_true",
         help="create a demo organization, campaigns and key, and feed simulated traffic",
     )
     serve.set_defaults(run=_serve)
 
     gateway = commands.add_parser("gateway", help="run only the REST gateway")
-    gateway.add_argument("--grpc-target", default=None, help="gRPC server (default 127.0.0.1:50051)")
+    gateway.add_argument(
+        "--grpc-target", default=None, help="gRPC server (default 127.0.0.1:50051)"
+    )
     gateway.add_argument("--host", default=None)
     gateway.add_argument("--http-port", type=int, default=None)
     gateway.set_defaults(run=_gateway)
@@ -185,7 +190,9 @@ def _start_gateway(grpc_target: str, host: str, http_port: int) -> subprocess.Po
     return subprocess.Popen([sys.executable, "-m", "gateway"], env=env)
 
 
-def _wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], limit: float = 30) -> None:
+def _wait_for_port(
+    host: str, port: int, process: subprocess.Popen[bytes], limit: float = 30
+) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -204,10 +211,13 @@ Demo organization {org} with campaigns {", ".join(demo.DEMO_CAMPAIGNS)} is recei
 simulated traffic. Its admin key (shown once): {key}
 
   export KEY={key}
-  curl -s -H "authorization: Bearer $KEY" '{base}/api/campaigns/camp_123/analytics/real-time?timeWindow=3600'
-  curl -s -H "authorization: Bearer $KEY" '{base}/api/analytics/real-time/dashboard?organizationId={org}&timeWindow=3600'
+  curl -s -H "authorization: Bearer $KEY" \\
+       '{base}/api/campaigns/camp_123/analytics/real-time?timeWindow=3600'
+  curl -s -H "authorization: Bearer $KEY" \\
+       '{base}/api/analytics/real-time/dashboard?organizationId={org}&timeWindow=3600'
   curl -s -H "authorization: Bearer $KEY" -H 'content-type: application/json' \\
-       -d '{{"event": {{"eventType": "click", "campaignId": "camp_123", "organizationId": "{org}", "value": 1.5}}}}' \\
+       -d '{{"event": {{"eventType": "click", "campaignId": "camp_123",
+                       "organizationId": "{org}", "value": 1.5}}}}' \\
        {base}/api/analytics/real-time
 
   python -c "

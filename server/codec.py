@@ -40,7 +40,7 @@ def decode_event(message: pb.Event, index: int) -> IncomingEvent:
         timestamp, timestamp_error = _decode_timestamp(message.timestamp)
     session_id = ""
     duration = None
-    metadata = None
+    metadata: dict[str, Any] | None = None
     if message.HasField("metadata"):
         m = message.metadata
         session_id = m.session_id

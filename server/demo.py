@@ -2,9 +2,11 @@
 traffic through the real ingest path, so a newcomer sees numbers move."""
 
 import asyncio
+import contextlib
 import logging
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from server import admin
 from server.auth import create_key
@@ -23,15 +25,11 @@ LOCATIONS = ("New York, NY", "Los Angeles, CA", "Chicago, IL", "London, UK", "Be
 
 async def prepare(engine) -> str:  # type: ignore[no-untyped-def]
     """Creates the demo organization and campaigns if missing; returns a new admin key."""
-    try:
+    with contextlib.suppress(AlreadyExists):
         await admin.create_organization(engine, DEMO_ORGANIZATION, "Demo organization")
-    except AlreadyExists:
-        pass
     for campaign_id in DEMO_CAMPAIGNS:
-        try:
+        with contextlib.suppress(AlreadyExists):
             await admin.create_campaign(engine, DEMO_ORGANIZATION, campaign_id)
-        except AlreadyExists:
-            pass
     return await create_key(engine, DEMO_ORGANIZATION, Role.ADMIN, name="demo")
 
 
@@ -41,7 +39,11 @@ def journey(rng: random.Random, campaign_id: str, now: datetime) -> list[Incomin
     completion past 20 s (then a conversion, 5%), otherwise a skip."""
     session = f"session_{rng.getrandbits(48):012x}"
     device = rng.choices([d for d, _ in DEVICES], [w for _, w in DEVICES])[0]
-    base = {"sessionId": session, "deviceType": device, "location": rng.choice(LOCATIONS)}
+    base: dict[str, object] = {
+        "sessionId": session,
+        "deviceType": device,
+        "location": rng.choice(LOCATIONS),
+    }
     steps: list[tuple[EventType, float | None, float | None]] = [(EventType.IMPRESSION, None, None)]
     if rng.random() < 0.3:
         steps.append((EventType.CLICK, round(rng.uniform(0.5, 2.5), 2), None))
@@ -58,7 +60,7 @@ def journey(rng: random.Random, campaign_id: str, now: datetime) -> list[Incomin
             steps.append((EventType.SKIP, None, None))
     events = []
     for offset, (event_type, value, duration) in enumerate(steps):
-        metadata = dict(base)
+        metadata: dict[str, Any] = dict(base)
         if duration is not None:
             metadata["duration"] = duration
         events.append(

@@ -66,20 +66,29 @@ def validate(
     """
     if event.size > limits.max_event_bytes:
         return _reject(
-            event, "", "event_too_large",
+            event,
+            "",
+            "event_too_large",
             f"event is {event.size} bytes; the limit is {limits.max_event_bytes}",
         )
     if event.event_type not in _EVENT_TYPES:
         return _reject(
-            event, "eventType", "invalid_event_type",
+            event,
+            "eventType",
+            "invalid_event_type",
             f"eventType must be one of {EVENT_TYPE_WORDS}",
         )
-    for field, text in (("campaignId", event.campaign_id), ("organizationId", event.organization_id)):
+    for field, text in (
+        ("campaignId", event.campaign_id),
+        ("organizationId", event.organization_id),
+    ):
         if not text:
             return _reject(event, field, "missing_field", f"{field} is required")
         if len(text) > limits.max_id_length:
             return _reject(
-                event, field, "field_too_long",
+                event,
+                field,
+                "field_too_long",
                 f"{field} is longer than {limits.max_id_length} characters",
             )
     if event.event_id:
@@ -87,7 +96,9 @@ def validate(
             event_id = UUID(event.event_id)
         except ValueError:
             return _reject(
-                event, "eventId", "invalid_event_id",
+                event,
+                "eventId",
+                "invalid_event_id",
                 "eventId must be a UUID (for example a UUIDv7), or empty to have one assigned",
             )
     else:
@@ -99,12 +110,16 @@ def validate(
     occurred_at = event.timestamp or now
     if occurred_at > now + limits.max_future:
         return _reject(
-            event, "timestamp", "timestamp_in_future",
+            event,
+            "timestamp",
+            "timestamp_in_future",
             f"timestamp is more than {_hours(limits.max_future)} in the future",
         )
     if occurred_at < now - limits.max_age:
         return _reject(
-            event, "timestamp", "timestamp_too_old",
+            event,
+            "timestamp",
+            "timestamp_too_old",
             f"timestamp is more than {_hours(limits.max_age)} in the past",
         )
 
@@ -113,7 +128,9 @@ def validate(
         value = event.value
         if not math.isfinite(value) or value < 0 or value > limits.max_value:
             return _reject(
-                event, "value", "invalid_value",
+                event,
+                "value",
+                "invalid_value",
                 f"value must be a finite amount between 0 and {limits.max_value:g}",
             )
         value_micros = round(value * 1_000_000)
@@ -123,7 +140,9 @@ def validate(
         not math.isfinite(duration) or duration < 0 or duration > limits.max_duration
     ):
         return _reject(
-            event, "metadata.duration", "invalid_duration",
+            event,
+            "metadata.duration",
+            "invalid_duration",
             f"metadata.duration must be between 0 and {limits.max_duration:g} seconds",
         )
 
@@ -132,7 +151,9 @@ def validate(
         for key, text in metadata.items():
             if isinstance(text, str) and len(text) > limits.max_text_length:
                 return _reject(
-                    event, f"metadata.{key}", "field_too_long",
+                    event,
+                    f"metadata.{key}",
+                    "field_too_long",
                     f"metadata.{key} is longer than {limits.max_text_length} characters",
                 )
         address = metadata.get("ipAddress")
@@ -142,12 +163,16 @@ def validate(
     owner = campaign_owners.get(event.campaign_id)
     if owner is None:
         return _reject(
-            event, "campaignId", "campaign_not_found",
+            event,
+            "campaignId",
+            "campaign_not_found",
             f"campaign {event.campaign_id!r} does not exist; create it first",
         )
     if owner != event.organization_id:
         return _reject(
-            event, "campaignId", "campaign_organization_mismatch",
+            event,
+            "campaignId",
+            "campaign_organization_mismatch",
             f"campaign {event.campaign_id!r} does not belong to organization "
             f"{event.organization_id!r}",
         )

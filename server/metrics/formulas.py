@@ -37,8 +37,13 @@ class Totals:
     @property
     def events(self) -> int:
         return (
-            self.impressions + self.clicks + self.conversions + self.views
-            + self.engagements + self.completions + self.skips
+            self.impressions
+            + self.clicks
+            + self.conversions
+            + self.views
+            + self.engagements
+            + self.completions
+            + self.skips
         )
 
 

@@ -55,11 +55,10 @@ async def campaign_totals(
 
     totals: dict[str, Totals] = {}
     for campaign_id, *sums in await conn.execute(rollups.group_by(r.c.campaign_id)):
+        values = dict(zip(_SUMMED, sums, strict=True))
         totals[campaign_id] = Totals(
-            **{
-                name: float(value) if name == "view_time_sum" else int(value)
-                for name, value in zip(_SUMMED, sums, strict=True)
-            }
+            **{name: int(values[name]) for name in _SUMMED if name != "view_time_sum"},
+            view_time_sum=float(values["view_time_sum"]),
         )
     for campaign_id, count, bounced in await conn.execute(sessions.group_by(s.c.campaign_id)):
         if campaign_id in totals:
@@ -92,8 +91,12 @@ async def trend(conn: AsyncConnection, organization_id: str, window: Window) -> 
             func.sum(r.c.conversions),
             func.sum(r.c.spent_micros),
         )
-        .where(and_(r.c.organization_id == organization_id,
-                    r.c.bucket.between(first, window.last_bucket)))
+        .where(
+            and_(
+                r.c.organization_id == organization_id,
+                r.c.bucket.between(first, window.last_bucket),
+            )
+        )
         .group_by(slot)
     )
     buckets = [TrendBucket(first + timedelta(seconds=i * step)) for i in range(count)]

@@ -58,7 +58,9 @@ class MetricsReader:
         )
 
 
-def _metrics(organization_id: str, campaign_id: str, window: Window, totals: Totals) -> CampaignMetrics:
+def _metrics(
+    organization_id: str, campaign_id: str, window: Window, totals: Totals
+) -> CampaignMetrics:
     return CampaignMetrics(
         campaign_id=campaign_id,
         organization_id=organization_id,

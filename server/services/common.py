@@ -76,7 +76,5 @@ class Authenticated:
 def same_organization(principal: Principal, organization_id: str) -> str:
     """The organization a request names (the caller's when empty); refuses others."""
     if organization_id and organization_id != principal.organization_id:
-        raise errors.PermissionDenied(
-            f"the key may not act on organization {organization_id!r}"
-        )
+        raise errors.PermissionDenied(f"the key may not act on organization {organization_id!r}")
     return principal.organization_id

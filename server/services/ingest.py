@@ -72,8 +72,7 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
         event.CopyFrom(request.event)
         if event.campaign_id and event.campaign_id != campaign_id:
             raise InvalidArgument(
-                f"the event names campaign {event.campaign_id!r} but the path names "
-                f"{campaign_id!r}"
+                f"the event names campaign {event.campaign_id!r} but the path names {campaign_id!r}"
             )
         event.campaign_id = campaign_id
         if not event.organization_id:

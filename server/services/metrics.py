@@ -81,7 +81,8 @@ class MetricsServicer(Authenticated, pb.MetricsServiceServicer):
                 response.metrics.CopyFrom(codec.encode_metrics(metrics))
         if request.organization_id:
             response.organization_metrics.extend(
-                codec.encode_metrics(m) for m in await self._reader.organization(organization_id, window)
+                codec.encode_metrics(m)
+                for m in await self._reader.organization(organization_id, window)
             )
         return response
 

@@ -41,7 +41,9 @@ def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
 def create_database(url: str, database: str) -> None:
     """Creates ``database`` on the server of ``url`` unless it exists."""
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{database}"')
 

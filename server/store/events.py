@@ -44,9 +44,7 @@ STAGING_TYPES = (
 
 # organization_id, event_id, campaign_id, event_type, occurred_at, received_at,
 # value_micros, session_id, duration, metadata
-EventRow = tuple[
-    str, UUID, str, int, datetime, datetime, int | None, str | None, float | None, Any
-]
+EventRow = tuple[str, UUID, str, int, datetime, datetime, int | None, str | None, float | None, Any]
 
 set_json_dumps(orjson.dumps)
 
@@ -105,8 +103,12 @@ WITH inserted AS (
         count(duration) FILTER (WHERE event_type = 4)
     FROM inserted GROUP BY 1, 2, 3
     ON CONFLICT (organization_id, campaign_id, bucket) DO UPDATE SET
-        {_add("r", (*_COUNTERS, "spent_micros", "conversion_value_micros",
-                    "view_time_sum", "view_time_count"))}
+        {
+    _add(
+        "r",
+        (*_COUNTERS, "spent_micros", "conversion_value_micros", "view_time_sum", "view_time_count"),
+    )
+}
 ), daily AS (
     INSERT INTO {_CA} AS ca (
         organization_id, campaign_id, date, {", ".join(_COUNTERS)}, spent, conversion_value,
@@ -153,6 +155,8 @@ WHERE NOT EXISTS (
     SELECT 1 FROM inserted i
     WHERE i.organization_id = st.organization_id AND i.event_id = st.event_id)
 """
+
+
 async def prepare(conn: psycopg.AsyncConnection[Any]) -> None:
     """Creates the connection's staging table (once per connection)."""
     await conn.execute(CREATE_STAGING)
@@ -164,12 +168,11 @@ async def write_batch(
 ) -> list[tuple[str, UUID]]:
     """Commits ``rows`` (event ids unique within the batch); returns the
     (organization_id, event_id) of rows that were already stored."""
-    async with conn.transaction():
-        async with conn.cursor() as cur:
-            async with cur.copy(COPY_STAGING) as copy:
-                copy.set_types(STAGING_TYPES)
-                for row in rows:
-                    await copy.write_row(row)
-            await cur.execute(FLUSH)
-            duplicates = await cur.fetchall()
+    async with conn.transaction(), conn.cursor() as cur:
+        async with cur.copy(COPY_STAGING) as copy:
+            copy.set_types(STAGING_TYPES)
+            for row in rows:
+                await copy.write_row(row)
+        await cur.execute(FLUSH)
+        duplicates = await cur.fetchall()
     return duplicates  # type: ignore[return-value]

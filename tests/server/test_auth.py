@@ -32,9 +32,13 @@ def _rpcs() -> dict[str, Call]:
             metadata=md,
         ),
         "StreamEvents": lambda s, me, them, md: s.ingest.StreamEvents(
-            iter([pb.StreamEventsRequest(
-                events=[event("click", them.campaign_ids[0], them.organization_id)]
-            )]),
+            iter(
+                [
+                    pb.StreamEventsRequest(
+                        events=[event("click", them.campaign_ids[0], them.organization_id)]
+                    )
+                ]
+            ),
             metadata=md,
         ),
         "GetCampaignMetrics": lambda s, me, them, md: s.metrics.GetCampaignMetrics(
@@ -51,8 +55,9 @@ def _rpcs() -> dict[str, Call]:
         ),
         "CreateCampaign": lambda s, me, them, md: s.campaigns.CreateCampaign(
             pb.CreateCampaignRequest(
-                campaign=pb.Campaign(campaign_id="x_" + me.organization_id,
-                                     organization_id=them.organization_id)
+                campaign=pb.Campaign(
+                    campaign_id="x_" + me.organization_id, organization_id=them.organization_id
+                )
             ),
             metadata=md,
         ),
@@ -95,15 +100,31 @@ def test_roles_limit_keys(stubs: Stubs, tenant: Tenant) -> None:
     read = tenant.auth(Role.READ)
     ingest = tenant.auth(Role.INGEST)
     denied = grpc.StatusCode.PERMISSION_DENIED
-    assert _code(lambda: stubs.ingest.IngestEvents(
-        pb.IngestEventsRequest(events=[event("click", campaign, org)]), metadata=read
-    )) is denied
-    assert _code(lambda: stubs.metrics.GetCampaignMetrics(
-        pb.GetCampaignMetricsRequest(campaign_id=campaign), metadata=ingest
-    )) is denied
-    assert _code(lambda: stubs.campaigns.CreateCampaign(
-        pb.CreateCampaignRequest(campaign=pb.Campaign(campaign_id="new_" + org)), metadata=read
-    )) is denied
+    assert (
+        _code(
+            lambda: stubs.ingest.IngestEvents(
+                pb.IngestEventsRequest(events=[event("click", campaign, org)]), metadata=read
+            )
+        )
+        is denied
+    )
+    assert (
+        _code(
+            lambda: stubs.metrics.GetCampaignMetrics(
+                pb.GetCampaignMetricsRequest(campaign_id=campaign), metadata=ingest
+            )
+        )
+        is denied
+    )
+    assert (
+        _code(
+            lambda: stubs.campaigns.CreateCampaign(
+                pb.CreateCampaignRequest(campaign=pb.Campaign(campaign_id="new_" + org)),
+                metadata=read,
+            )
+        )
+        is denied
+    )
     # And what each role may do, it can.
     stubs.ingest.IngestEvents(
         pb.IngestEventsRequest(events=[event("click", campaign, org)]), metadata=ingest
@@ -129,11 +150,21 @@ def _routes(me: Tenant, them: Tenant) -> list[tuple[str, str, dict[str, Any]]]:
         ("GET", f"/api/campaigns/{theirs}/analytics/real-time", {}),
         ("GET", "/api/analytics/real-time", {"params": {"organizationId": them.organization_id}}),
         ("GET", "/api/analytics/real-time", {"params": {"campaignId": theirs}}),
-        ("GET", "/api/analytics/real-time/dashboard",
-         {"params": {"organizationId": them.organization_id}}),
-        ("POST", "/api/campaigns",
-         {"json": {"campaignId": "y_" + me.organization_id,
-                   "organizationId": them.organization_id}}),
+        (
+            "GET",
+            "/api/analytics/real-time/dashboard",
+            {"params": {"organizationId": them.organization_id}},
+        ),
+        (
+            "POST",
+            "/api/campaigns",
+            {
+                "json": {
+                    "campaignId": "y_" + me.organization_id,
+                    "organizationId": them.organization_id,
+                }
+            },
+        ),
         ("GET", "/api/campaigns", {"params": {"organizationId": them.organization_id}}),
     ]
 
@@ -146,9 +177,7 @@ def test_every_route_needs_a_key_and_refuses_other_organizations(
         missing = http.request(method, path, **options)
         assert missing.status_code == 401, where
         assert "error" in missing.json() and "timestamp" in missing.json(), where
-        unknown = http.request(
-            method, path, headers={"authorization": "Bearer ca_x_y"}, **options
-        )
+        unknown = http.request(method, path, headers={"authorization": "Bearer ca_x_y"}, **options)
         assert unknown.status_code == 401, where
         denied = http.request(method, path, headers=tenant.headers(Role.ADMIN), **options)
         assert denied.status_code == 403, f"{where}: {denied.text}"

@@ -16,9 +16,13 @@ def test_acknowledged_events_survive_a_restart(database_url: str) -> None:
         org, campaign = tenant.organization_id, tenant.campaign_ids[0]
         with grpc.insecure_channel(first.target) as channel:
             reply = pb.IngestServiceStub(channel).StreamEvents(
-                iter([pb.StreamEventsRequest(
-                    events=[event("impression", campaign, org) for _ in range(300)]
-                )]),
+                iter(
+                    [
+                        pb.StreamEventsRequest(
+                            events=[event("impression", campaign, org) for _ in range(300)]
+                        )
+                    ]
+                ),
                 metadata=tenant.auth(Role.INGEST),
             )
         assert reply.accepted == 300

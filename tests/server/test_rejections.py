@@ -35,19 +35,34 @@ def test_each_rejection_reason_is_reported_and_dead_lettered(
     def case(message: pb.Event, field: str, code: str) -> None:
         cases.append((message, field, code))
 
-    case(pb.Event(event_type=99, campaign_id=campaign, organization_id=org), "eventType",
-         "invalid_event_type")
-    case(pb.Event(event_type=0, campaign_id=campaign, organization_id=org), "eventType",
-         "invalid_event_type")
+    case(
+        pb.Event(event_type=99, campaign_id=campaign, organization_id=org),
+        "eventType",
+        "invalid_event_type",
+    )
+    case(
+        pb.Event(event_type=0, campaign_id=campaign, organization_id=org),
+        "eventType",
+        "invalid_event_type",
+    )
     case(pb.Event(event_type=1, organization_id=org), "campaignId", "missing_field")
     case(pb.Event(event_type=1, campaign_id=campaign), "organizationId", "missing_field")
-    case(pb.Event(event_type=1, campaign_id="x" * 200, organization_id=org), "campaignId",
-         "field_too_long")
+    case(
+        pb.Event(event_type=1, campaign_id="x" * 200, organization_id=org),
+        "campaignId",
+        "field_too_long",
+    )
     case(event("click", campaign, org, event_id="not-a-uuid"), "eventId", "invalid_event_id")
-    case(event("click", campaign, org, when=now + timedelta(hours=25)), "timestamp",
-         "timestamp_in_future")
-    case(event("click", campaign, org, when=now - timedelta(days=31)), "timestamp",
-         "timestamp_too_old")
+    case(
+        event("click", campaign, org, when=now + timedelta(hours=25)),
+        "timestamp",
+        "timestamp_in_future",
+    )
+    case(
+        event("click", campaign, org, when=now - timedelta(days=31)),
+        "timestamp",
+        "timestamp_too_old",
+    )
     bad_time = event("click", campaign, org)
     bad_time.timestamp.seconds = 10**12
     case(bad_time, "timestamp", "invalid_timestamp")
@@ -62,8 +77,11 @@ def test_each_rejection_reason_is_reported_and_dead_lettered(
     huge.metadata.extra.update({f"k{i}": "v" * 100 for i in range(400)})
     case(huge, "", "event_too_large")
     case(event("click", "camp_missing_" + org, org), "campaignId", "campaign_not_found")
-    case(event("click", other_tenant.campaign_ids[0], org), "campaignId",
-         "campaign_organization_mismatch")
+    case(
+        event("click", other_tenant.campaign_ids[0], org),
+        "campaignId",
+        "campaign_organization_mismatch",
+    )
 
     batch = [good] + [message for message, _, _ in cases]
     reply = stubs.ingest.IngestEvents(
@@ -88,8 +106,9 @@ def test_undecodable_events_are_dead_lettered_at_their_index(
     request = pb.IngestEventsRequest(
         events=[event("impression", campaign, org), event("click", campaign, org)],
         undecodable_events=[
-            pb.UndecodableEvent(index=1, field="value", reason="value must be a number",
-                                payload='{"value": "abc"}')
+            pb.UndecodableEvent(
+                index=1, field="value", reason="value must be a number", payload='{"value": "abc"}'
+            )
         ],
     )
     reply = stubs.ingest.IngestEvents(request, metadata=tenant.auth(Role.INGEST))

@@ -67,8 +67,17 @@ def test_zero_denominators_read_zero(stubs: Stubs, tenant: Tenant) -> None:
     )
     m = reply.metrics
     assert m.impressions == 1
-    for name in ("ctr", "conversion_rate", "cpc", "cpa", "engagement_rate", "completion_rate",
-                 "skip_rate", "average_view_time", "bounce_rate"):
+    for name in (
+        "ctr",
+        "conversion_rate",
+        "cpc",
+        "cpa",
+        "engagement_rate",
+        "completion_rate",
+        "skip_rate",
+        "average_view_time",
+        "bounce_rate",
+    ):
         assert getattr(m, name) == 0.0, name
     as_json = json_format.MessageToDict(m, always_print_fields_with_no_presence=True)
     assert all(isinstance(as_json[k], (int, float, str)) for k in ("ctr", "cpa", "skipRate"))
@@ -95,9 +104,7 @@ def test_out_of_range_windows_are_refused(stubs: Stubs, tenant: Tenant, seconds:
     assert "timeWindow" in raised.value.details()
 
 
-def test_dashboard_sums_campaigns_and_trend_covers_the_window(
-    stubs: Stubs, tenant: Tenant
-) -> None:
+def test_dashboard_sums_campaigns_and_trend_covers_the_window(stubs: Stubs, tenant: Tenant) -> None:
     org = tenant.organization_id
     now = datetime.now(UTC)
     events = []
