@@ -15,10 +15,6 @@ client raises ``ClientClosedError`` and cannot be reopened. Closing ends the
 calls still running and interrupts their waits.
 """
 
-# A call's `timeout` is its gRPC deadline, sent to the server; asyncio.timeout
-# could not do that.
-# ruff: noqa: ASYNC109
-
 from __future__ import annotations
 
 import asyncio

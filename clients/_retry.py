@@ -15,10 +15,6 @@ repeat as a duplicate. Events committed by an attempt whose answer was lost
 are therefore counted as duplicates, not accepted, in the reply of the retry.
 """
 
-# A call's `timeout` is its gRPC deadline, sent to the server; asyncio.timeout
-# could not do that.
-# ruff: noqa: ASYNC109
-
 from __future__ import annotations
 
 import asyncio
