@@ -144,7 +144,9 @@ async def _serve_async(args: argparse.Namespace, settings: ServerSettings) -> No
     print(f"gRPC server listening on {settings.host}:{port}", flush=True)
 
     gateway: subprocess.Popen[bytes] | None = None
-    http_port = args.http_port if args.http_port is not None else 8080
+    http_port = args.http_port
+    if http_port is None:
+        http_port = int(os.environ.get("CAMPAIGN_ANALYTICS_PORT", "8080"))
     if not args.no_gateway:
         gateway = _start_gateway(f"{settings.host}:{port}", settings.host, http_port)
         await asyncio.to_thread(_wait_for_port, settings.host, http_port, gateway)
