@@ -99,18 +99,19 @@ def test_ingest_a_batch_with_undecodable_events(stack: "Stack", client: httpx.Cl
     ]
 
 
-def test_ingest_one_undecodable_event_is_reported_not_refused(
+def test_ingest_one_undecodable_event_is_kept_and_refused(
     stack: "Stack", client: httpx.Client
 ) -> None:
-    body = ok(client.post("/api/analytics/real-time", json={"event": {"eventType": "tap"}}))
+    # As the server answers a lone event it rejects: 400, the event kept as a dead letter.
+    response = client.post("/api/analytics/real-time", json={"event": {"eventType": "tap"}})
 
-    assert body["success"] is False
-    assert body["message"] == "Event rejected"
-    assert body["rejected"][0]["index"] == 0
-    assert body["rejected"][0]["field"] == "eventType"
-    assert "tap" in body["rejected"][0]["reason"]
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"].startswith("event rejected (eventType): unknown event type 'tap'")
+    assert body["details"][0]["fieldViolations"][0]["field"] == "eventType"
     sent = stack.analytics.last("IngestEvents").request
-    assert not sent.HasField("event")
+    assert not sent.HasField("event") and not sent.events
+    assert [(u.index, u.field) for u in sent.undecodable_events] == [(0, "eventType")]
     assert sent.undecodable_events[0].payload == '{"eventType":"tap"}'
 
 
@@ -180,7 +181,7 @@ def test_ingest_campaign_event_undecodable_is_400_and_kept(
 
     assert response.status_code == 400
     body = response.json()
-    assert body["error"].startswith("timestamp: ")
+    assert body["error"].startswith("event rejected (timestamp): ")
     assert body["details"][0]["fieldViolations"][0]["field"] == "timestamp"
     kept = stack.analytics.last("IngestEvents").request.undecodable_events
     assert [(u.index, u.field) for u in kept] == [(0, "timestamp")]

@@ -1,0 +1,87 @@
+"""The REST gateway application: the seed's routes, translated to gRPC calls."""
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from importlib import metadata
+from typing import Any
+
+import grpc
+from fastapi import FastAPI
+from pydantic.json_schema import models_json_schema
+
+from clients.pb import CampaignServiceStub, IngestServiceStub, MetricsServiceStub
+from gateway.deps import Stubs
+from gateway.errors import install_error_handlers
+from gateway.models import REQUEST_MODELS
+from gateway.responses import JsonResponse
+from gateway.routes import campaigns, ingest, metrics
+from gateway.settings import GatewaySettings
+
+__all__ = ["create_app"]
+
+DESCRIPTION = """\
+Real-time campaign analytics over REST: ingest events, read live campaign
+metrics, pipeline status and dashboards. Every call needs an API key of the
+organization, sent as `authorization: Bearer <key>`. Errors carry `error`,
+`code` (the gRPC status number), `message`, `details` and `timestamp`.
+"""
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    """The gateway app; it connects to ``settings.grpc_target`` when it starts."""
+    settings = settings or GatewaySettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One channel for all requests: gRPC multiplexes calls over it.
+        channel = grpc.aio.insecure_channel(settings.grpc_target)
+        app.state.stubs = Stubs(
+            ingest=IngestServiceStub(channel),
+            metrics=MetricsServiceStub(channel),
+            campaigns=CampaignServiceStub(channel),
+        )
+        try:
+            yield
+        finally:
+            app.state.stubs = None
+            await channel.close()
+
+    app = FastAPI(
+        title="Campaign analytics",
+        version=_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=JsonResponse,
+    )
+    app.state.settings = settings
+    app.state.stubs = None
+    install_error_handlers(app)
+    for module in (ingest, metrics, campaigns):
+        app.include_router(module.router)
+    app.openapi = _with_request_models(app.openapi)  # type: ignore[method-assign]
+    return app
+
+
+def _with_request_models(openapi: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+    """Adds the request body models, which the routes decode themselves, to the description."""
+
+    def openapi_with_request_models() -> dict[str, Any]:
+        schema = openapi()  # cached by FastAPI after the first call
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        if REQUEST_MODELS[0].__name__ not in schemas:
+            _, definitions = models_json_schema(
+                [(model, "validation") for model in REQUEST_MODELS],
+                ref_template="#/components/schemas/{model}",
+            )
+            for name, definition in definitions.get("$defs", {}).items():
+                schemas.setdefault(name, definition)
+        return schema
+
+    return openapi_with_request_models
+
+
+def _version() -> str:
+    try:
+        return metadata.version("campaign-analytics")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare tree
+        return "0.0.0"

@@ -1,0 +1,159 @@
+"""Dependencies of the routes, as ``Annotated`` aliases.
+
+- ``IngestStub``, ``MetricsStub``, ``CampaignStub``: the gRPC stubs on the one
+  channel the app opened at start-up.
+- ``Call``: the caller's ``authorization`` header, forwarded as gRPC metadata,
+  and the call's deadline.
+- ``RawBody``: the request body, at most ``max_body_bytes`` (413 beyond).
+"""
+
+import re
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+from fastapi.security import HTTPBearer
+from grpc import StatusCode
+
+from clients.pb import CampaignServiceStub, IngestServiceStub, MetricsServiceStub
+from gateway.errors import GatewayError
+from gateway.settings import GatewaySettings
+
+__all__ = [
+    "Call",
+    "CallOptions",
+    "CampaignIdPath",
+    "CampaignStub",
+    "IngestStub",
+    "MetricsStub",
+    "RawBody",
+    "Settings",
+    "Stubs",
+    "TimeWindow",
+]
+
+# The longest window the server computes: 31 days.
+MAX_TIME_WINDOW = 2_678_400
+
+
+@dataclass(frozen=True, slots=True)
+class Stubs:
+    """The server's services, on one channel."""
+
+    ingest: IngestServiceStub
+    metrics: MetricsServiceStub
+    campaigns: CampaignServiceStub
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """What every gRPC call of a request carries: the caller's key and a deadline."""
+
+    metadata: tuple[tuple[str, str], ...]
+    timeout: float
+
+
+def _settings(request: Request) -> GatewaySettings:
+    settings: GatewaySettings = request.app.state.settings
+    return settings
+
+
+def _stubs(request: Request) -> Stubs:
+    stubs: Stubs | None = getattr(request.app.state, "stubs", None)
+    if stubs is None:
+        # Only when the app is served without its lifespan.
+        raise GatewayError(StatusCode.UNAVAILABLE, "The gateway is not connected to the server")
+    return stubs
+
+
+def _ingest_stub(stubs: Annotated[Stubs, Depends(_stubs)]) -> IngestServiceStub:
+    return stubs.ingest
+
+
+def _metrics_stub(stubs: Annotated[Stubs, Depends(_stubs)]) -> MetricsServiceStub:
+    return stubs.metrics
+
+
+def _campaign_stub(stubs: Annotated[Stubs, Depends(_stubs)]) -> CampaignServiceStub:
+    return stubs.campaigns
+
+
+# Documents the key in the API description; the header is forwarded as it came.
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key of the organization: `authorization: Bearer <key>`.",
+)
+
+# gRPC's wire format for a deadline: up to 8 digits and a unit.
+_GRPC_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
+_GRPC_TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+async def _call_options(
+    request: Request,
+    settings: Annotated[GatewaySettings, Depends(_settings)],
+    _key: Annotated[object, Depends(_bearer)],
+) -> CallOptions:
+    metadata: tuple[tuple[str, str], ...] = ()
+    authorization = request.headers.get("authorization")
+    if authorization is not None:
+        # gRPC metadata values are printable ASCII.
+        if not (authorization.isascii() and authorization.isprintable()):
+            raise GatewayError(
+                StatusCode.UNAUTHENTICATED,
+                "The authorization header is not valid",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        metadata = (("authorization", authorization),)
+    timeout = settings.request_timeout
+    # A caller may ask for a shorter deadline, as with grpc-gateway.
+    asked = request.headers.get("grpc-timeout")
+    if asked is not None:
+        match = _GRPC_TIMEOUT.fullmatch(asked.strip())
+        if match is None:
+            raise GatewayError(
+                StatusCode.INVALID_ARGUMENT,
+                "The grpc-timeout header is not valid (e.g. 500m for 500 ms, 5S for 5 s)",
+            )
+        timeout = min(timeout, int(match[1]) * _GRPC_TIMEOUT_UNITS[match[2]])
+    return CallOptions(metadata=metadata, timeout=timeout)
+
+
+async def _raw_body(
+    request: Request, settings: Annotated[GatewaySettings, Depends(_settings)]
+) -> bytes:
+    limit = settings.max_body_bytes
+    too_large = GatewayError(
+        StatusCode.RESOURCE_EXHAUSTED,
+        f"Request body is larger than {limit} bytes",
+        http_status=413,
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+Settings = Annotated[GatewaySettings, Depends(_settings)]
+IngestStub = Annotated[IngestServiceStub, Depends(_ingest_stub)]
+MetricsStub = Annotated[MetricsServiceStub, Depends(_metrics_stub)]
+CampaignStub = Annotated[CampaignServiceStub, Depends(_campaign_stub)]
+Call = Annotated[CallOptions, Depends(_call_options)]
+RawBody = Annotated[bytes, Depends(_raw_body)]
+CampaignIdPath = Annotated[str, Path(description="The campaign's id.", examples=["camp_123"])]
+TimeWindow = Annotated[
+    int,
+    Query(
+        alias="timeWindow",
+        ge=1,
+        le=MAX_TIME_WINDOW,
+        description="Length of the window in seconds, ending now.",
+    ),
+]

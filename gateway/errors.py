@@ -1,0 +1,230 @@
+"""Errors as HTTP responses, in the grpc-gateway style.
+
+Every error body is ``{"error", "code", "message", "details", "timestamp"}``:
+``error`` and ``message`` say what was wrong, ``code`` is the gRPC status
+number, ``details`` the status details (``google.rpc.BadRequest`` field
+violations and the like). Where errors come from:
+
+- the analytics server: its gRPC status becomes the HTTP status grpc-gateway
+  gives it (``HTTP_STATUS``); 429 and 503 carry ``Retry-After``, from the
+  server's ``retry-after`` trailing metadata or 1 second;
+- the gateway itself (``GatewayError``): a body that is not JSON, is too
+  large, lacks ``event``/``events``, or a missing required parameter;
+- request validation (a query value of the wrong type): 400;
+- routing: 404 for an unknown path, 405 for a wrong method;
+- anything else: 500.
+"""
+
+import logging
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from gateway.codec import BodyError, CodecError, status_details
+from gateway.responses import respond
+
+__all__ = [
+    "HTTP_STATUS",
+    "GatewayError",
+    "bad_request",
+    "error_response",
+    "install_error_handlers",
+]
+
+logger = logging.getLogger(__name__)
+
+_C = grpc.StatusCode
+
+# As grpc-gateway maps them (runtime.HTTPStatusFromCode).
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    _C.OK: 200,
+    _C.CANCELLED: 499,
+    _C.UNKNOWN: 500,
+    _C.INVALID_ARGUMENT: 400,
+    _C.DEADLINE_EXCEEDED: 504,
+    _C.NOT_FOUND: 404,
+    _C.ALREADY_EXISTS: 409,
+    _C.PERMISSION_DENIED: 403,
+    _C.UNAUTHENTICATED: 401,
+    _C.RESOURCE_EXHAUSTED: 429,
+    _C.FAILED_PRECONDITION: 400,
+    _C.ABORTED: 409,
+    _C.OUT_OF_RANGE: 400,
+    _C.UNIMPLEMENTED: 501,
+    _C.INTERNAL: 500,
+    _C.UNAVAILABLE: 503,
+    _C.DATA_LOSS: 500,
+}
+
+# The gRPC code an HTTP status of the gateway's own routing stands for.
+_CODE_OF_HTTP: dict[int, grpc.StatusCode] = {
+    400: _C.INVALID_ARGUMENT,
+    401: _C.UNAUTHENTICATED,
+    403: _C.PERMISSION_DENIED,
+    404: _C.NOT_FOUND,
+    405: _C.UNIMPLEMENTED,
+    409: _C.ABORTED,
+    413: _C.RESOURCE_EXHAUSTED,
+    429: _C.RESOURCE_EXHAUSTED,
+    499: _C.CANCELLED,
+    500: _C.INTERNAL,
+    501: _C.UNIMPLEMENTED,
+    503: _C.UNAVAILABLE,
+    504: _C.DEADLINE_EXCEEDED,
+}
+
+# Statuses after which the caller should come back later.
+_RETRYABLE = frozenset({429, 503})
+
+_BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
+
+
+class GatewayError(Exception):
+    """A request the gateway answers itself with an error."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        details: Iterable[dict[str, Any]] = (),
+        http_status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = list(details)
+        self.http_status = http_status or HTTP_STATUS.get(code, 500)
+        self.headers = headers
+
+
+def bad_request(message: str, field: str = "") -> GatewayError:
+    """400: the request itself is wrong (``field`` names the culprit, when one does)."""
+    details = [_field_violations([(field, message)])] if field else []
+    return GatewayError(_C.INVALID_ARGUMENT, message, details=details)
+
+
+def error_response(
+    http_status: int,
+    code: grpc.StatusCode,
+    message: str,
+    details: list[dict[str, Any]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = {
+        "error": message,
+        "code": code.value[0],
+        "message": message,
+        "details": details or [],
+    }
+    return respond(body, status_code=http_status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(grpc.aio.AioRpcError, _rpc_error)
+    app.add_exception_handler(BodyError, _body_error)
+    app.add_exception_handler(CodecError, _codec_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+def _field_violations(violations: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    return {
+        "@type": _BAD_REQUEST_TYPE,
+        "fieldViolations": [
+            {"field": field, "description": description} for field, description in violations
+        ],
+    }
+
+
+async def _gateway_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, GatewayError)
+    return error_response(
+        error.http_status, error.code, error.message, error.details, error.headers
+    )
+
+
+async def _rpc_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, grpc.aio.AioRpcError)
+    code = error.code()
+    http_status = HTTP_STATUS.get(code, 500)
+    message = error.details() or code.name.replace("_", " ").lower()
+    details: list[dict[str, Any]] = []
+    retry_after: str | None = None
+    for key, value in error.trailing_metadata() or ():
+        if key == "retry-after":
+            retry_after = value if isinstance(value, str) else value.decode("ascii", "replace")
+        elif key == "grpc-status-details-bin" and isinstance(value, bytes):
+            details = status_details(value)
+    headers: dict[str, str] = {}
+    if http_status in _RETRYABLE:
+        headers["Retry-After"] = _retry_after_seconds(retry_after)
+    elif http_status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if http_status >= 500:
+        logger.warning("%s %s: %s %s", request.method, request.url.path, code.name, message)
+    return error_response(http_status, code, message, details, headers)
+
+
+def _retry_after_seconds(value: str | None) -> str:
+    """Whole seconds for ``Retry-After`` (HTTP has no fractions), 1 when unknown."""
+    try:
+        seconds = float(value) if value is not None else 1.0
+    except ValueError:
+        seconds = 1.0
+    if not math.isfinite(seconds) or seconds < 0:
+        seconds = 1.0
+    return str(math.ceil(seconds))
+
+
+async def _body_error(request: Request, error: Exception) -> Response:
+    return error_response(400, _C.INVALID_ARGUMENT, str(error))
+
+
+async def _codec_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, CodecError)
+    details = [_field_violations([(error.field, error.reason)])] if error.field else []
+    return error_response(400, _C.INVALID_ARGUMENT, str(error), details)
+
+
+async def _validation_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, RequestValidationError)
+    violations: list[tuple[str, str]] = []
+    for problem in error.errors():
+        location = [str(part) for part in problem.get("loc", ())]
+        if location and location[0] in ("query", "path", "header", "cookie", "body"):
+            location = location[1:]
+        field = ".".join(location)
+        if problem.get("type") == "missing":
+            violations.append((field, "is required"))
+        else:
+            violations.append((field, str(problem.get("msg", "is not valid"))))
+    message = "; ".join(
+        f"{field} {description}" if description == "is required" else f"{field}: {description}"
+        for field, description in violations
+    )
+    return error_response(
+        400, _C.INVALID_ARGUMENT, message or "Invalid request", [_field_violations(violations)]
+    )
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    assert isinstance(error, StarletteHTTPException)
+    code = _CODE_OF_HTTP.get(error.status_code, _C.UNKNOWN)
+    return error_response(
+        error.status_code, code, str(error.detail), headers=dict(error.headers or {})
+    )
+
+
+async def _unexpected_error(request: Request, error: Exception) -> Response:
+    logger.exception("%s %s failed", request.method, request.url.path, exc_info=error)
+    return error_response(500, _C.INTERNAL, "Internal error")
