@@ -140,43 +140,44 @@ def _serve(args: argparse.Namespace) -> None:
 async def _serve_async(args: argparse.Namespace, settings: ServerSettings) -> None:
     url = _database_url(settings)
     server = AnalyticsServer(settings, url)
-    port = await server.start()
-    print(f"gRPC server listening on {settings.host}:{port}", flush=True)
-
     gateway: subprocess.Popen[bytes] | None = None
-    http_port = args.http_port
-    if http_port is None:
-        http_port = int(os.environ.get("CAMPAIGN_ANALYTICS_PORT", "8080"))
-    if not args.no_gateway:
-        gateway = _start_gateway(f"{settings.host}:{port}", settings.host, http_port)
-        await asyncio.to_thread(_wait_for_port, settings.host, http_port, gateway)
-        print(f"REST gateway listening on http://{settings.host}:{http_port}", flush=True)
-
     traffic: asyncio.Task[None] | None = None
-    if args.demo:
-        assert server.components is not None
-        key = await demo.prepare(server.components.engine)
-        traffic = asyncio.create_task(demo.run_traffic(server.components.pipeline))
-        print(_demo_help(settings.host, port, http_port, key), flush=True)
+    drained = False
+    try:
+        port = await server.start()
+        print(f"gRPC server listening on {settings.host}:{port}", flush=True)
+        http_port = args.http_port
+        if http_port is None:
+            http_port = int(os.environ.get("CAMPAIGN_ANALYTICS_PORT", "8080"))
+        if not args.no_gateway:
+            gateway = _start_gateway(f"{settings.host}:{port}", settings.host, http_port)
+            await asyncio.to_thread(_wait_for_port, settings.host, http_port, gateway)
+            print(f"REST gateway listening on http://{settings.host}:{http_port}", flush=True)
+        if args.demo:
+            assert server.components is not None
+            key = await demo.prepare(server.components.engine)
+            traffic = asyncio.create_task(demo.run_traffic(server.components.pipeline))
+            print(_demo_help(settings.host, port, http_port, key), flush=True)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    print("Shutting down: finishing calls and committing buffered events ...", flush=True)
-    if traffic is not None:
-        traffic.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await traffic
-    if gateway is not None:
-        gateway.terminate()
-    drained = await server.stop()
-    if gateway is not None:
-        try:
-            gateway.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            gateway.kill()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        print("Shutting down: finishing calls and committing buffered events ...", flush=True)
+    finally:
+        if traffic is not None:
+            traffic.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await traffic
+        if gateway is not None and gateway.poll() is None:
+            gateway.terminate()
+        drained = await server.stop()
+        if gateway is not None:
+            try:
+                gateway.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                gateway.kill()
     if not drained:
         sys.exit("error: some buffered events could not be committed before the grace period ended")
     print("Stopped.", flush=True)
@@ -189,7 +190,9 @@ def _start_gateway(grpc_target: str, host: str, http_port: int) -> subprocess.Po
         CAMPAIGN_ANALYTICS_HOST=host,
         CAMPAIGN_ANALYTICS_PORT=str(http_port),
     )
-    return subprocess.Popen([sys.executable, "-m", "gateway"], env=env)
+    # close_fds=False lets Python spawn without fork(), which gRPC's running
+    # threads would otherwise warn about; our descriptors are not inheritable.
+    return subprocess.Popen([sys.executable, "-m", "gateway"], env=env, close_fds=False)
 
 
 def _wait_for_port(
