@@ -19,6 +19,8 @@ from gateway.settings import GatewaySettings
 
 __all__ = ["create_app"]
 
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
 DESCRIPTION = """\
 Real-time campaign analytics over REST: ingest events, read live campaign
 metrics, pipeline status and dashboards. Every call needs an API key of the
@@ -34,7 +36,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One channel for all requests: gRPC multiplexes calls over it.
-        channel = grpc.aio.insecure_channel(settings.grpc_target)
+        channel = grpc.aio.insecure_channel(
+            settings.grpc_target,
+            # As large as the server sends (dashboards of many campaigns).
+            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
+        )
         app.state.stubs = Stubs(
             ingest=IngestServiceStub(channel),
             metrics=MetricsServiceStub(channel),

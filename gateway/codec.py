@@ -22,6 +22,7 @@ import base64
 import json
 import math
 import re
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, cast
@@ -67,7 +68,7 @@ class CodecError(ValueError):
 # ---------------------------------------------------------------------------
 
 _EPOCH = datetime(1970, 1, 1)
-_EPOCH_UTC = _EPOCH.replace(tzinfo=UTC)
+_EPOCH_UTC = datetime(1970, 1, 1, tzinfo=UTC)
 # The range google.protobuf.Timestamp allows: 0001-01-01 to 9999-12-31.
 _MIN_SECONDS = -62_135_596_800
 _MAX_SECONDS = 253_402_300_799
@@ -81,10 +82,8 @@ def timestamp_text(seconds: int, nanos: int = 0) -> str:
 
 def now_text() -> str:
     """The current time as the JSON writes timestamps."""
-    now = datetime.now(UTC)
-    return (
-        f"{now.replace(tzinfo=None).isoformat(timespec='seconds')}.{now.microsecond // 1000:03d}Z"
-    )
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    return timestamp_text(seconds, nanos)
 
 
 # ---------------------------------------------------------------------------
@@ -358,9 +357,6 @@ _EVENT_KEYS: dict[str, _EventSetter] = {
     "metadata": _set_metadata,
 }
 
-# Metadata keys with a field of their own: JSON key -> (attribute, reader, JSON path).
-_METADATA_FIELDS: dict[str, tuple[str, Callable[[Any, str], Any], str]] = {}
-
 
 def _metadata(metadata: EventMetadata, value: Any) -> None:
     if not isinstance(value, dict):
@@ -537,6 +533,8 @@ _READERS: dict[int, Callable[[Any, str], Any]] = {
     FieldDescriptor.TYPE_DOUBLE: _number,
     FieldDescriptor.TYPE_INT32: _int32,
 }
+# Metadata keys with a field of their own: JSON key -> (attribute, reader, JSON path).
+_METADATA_FIELDS: dict[str, tuple[str, Callable[[Any, str], Any], str]] = {}
 for _field in EventMetadata.DESCRIPTOR.fields:
     if _field.name != "extra":
         _entry = (_field.name, _READERS[_field.type], f"metadata.{_field.json_name}")

@@ -27,7 +27,6 @@ __all__ = [
     "IngestStub",
     "MetricsStub",
     "RawBody",
-    "Settings",
     "Stubs",
     "TimeWindow",
 ]
@@ -53,12 +52,15 @@ class CallOptions:
     timeout: float
 
 
-def _settings(request: Request) -> GatewaySettings:
+# Every dependency is a coroutine: FastAPI would run plain functions in a thread pool.
+
+
+async def _settings(request: Request) -> GatewaySettings:
     settings: GatewaySettings = request.app.state.settings
     return settings
 
 
-def _stubs(request: Request) -> Stubs:
+async def _stubs(request: Request) -> Stubs:
     stubs: Stubs | None = getattr(request.app.state, "stubs", None)
     if stubs is None:
         # Only when the app is served without its lifespan.
@@ -66,15 +68,15 @@ def _stubs(request: Request) -> Stubs:
     return stubs
 
 
-def _ingest_stub(stubs: Annotated[Stubs, Depends(_stubs)]) -> IngestServiceStub:
+async def _ingest_stub(stubs: Annotated[Stubs, Depends(_stubs)]) -> IngestServiceStub:
     return stubs.ingest
 
 
-def _metrics_stub(stubs: Annotated[Stubs, Depends(_stubs)]) -> MetricsServiceStub:
+async def _metrics_stub(stubs: Annotated[Stubs, Depends(_stubs)]) -> MetricsServiceStub:
     return stubs.metrics
 
 
-def _campaign_stub(stubs: Annotated[Stubs, Depends(_stubs)]) -> CampaignServiceStub:
+async def _campaign_stub(stubs: Annotated[Stubs, Depends(_stubs)]) -> CampaignServiceStub:
     return stubs.campaigns
 
 
@@ -123,25 +125,27 @@ async def _raw_body(
     request: Request, settings: Annotated[GatewaySettings, Depends(_settings)]
 ) -> bytes:
     limit = settings.max_body_bytes
-    too_large = GatewayError(
-        StatusCode.RESOURCE_EXHAUSTED,
-        f"Request body is larger than {limit} bytes",
-        http_status=413,
-    )
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise too_large
+        if size > limit:  # sent without a length, or more than it said
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-Settings = Annotated[GatewaySettings, Depends(_settings)]
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(
+        StatusCode.RESOURCE_EXHAUSTED,
+        f"Request body is larger than {limit} bytes",
+        http_status=413,
+    )
+
+
 IngestStub = Annotated[IngestServiceStub, Depends(_ingest_stub)]
 MetricsStub = Annotated[MetricsServiceStub, Depends(_metrics_stub)]
 CampaignStub = Annotated[CampaignServiceStub, Depends(_campaign_stub)]

@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from grpc import StatusCode
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -39,44 +40,42 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_C = grpc.StatusCode
-
 # As grpc-gateway maps them (runtime.HTTPStatusFromCode).
-HTTP_STATUS: dict[grpc.StatusCode, int] = {
-    _C.OK: 200,
-    _C.CANCELLED: 499,
-    _C.UNKNOWN: 500,
-    _C.INVALID_ARGUMENT: 400,
-    _C.DEADLINE_EXCEEDED: 504,
-    _C.NOT_FOUND: 404,
-    _C.ALREADY_EXISTS: 409,
-    _C.PERMISSION_DENIED: 403,
-    _C.UNAUTHENTICATED: 401,
-    _C.RESOURCE_EXHAUSTED: 429,
-    _C.FAILED_PRECONDITION: 400,
-    _C.ABORTED: 409,
-    _C.OUT_OF_RANGE: 400,
-    _C.UNIMPLEMENTED: 501,
-    _C.INTERNAL: 500,
-    _C.UNAVAILABLE: 503,
-    _C.DATA_LOSS: 500,
+HTTP_STATUS: dict[StatusCode, int] = {
+    StatusCode.OK: 200,
+    StatusCode.CANCELLED: 499,
+    StatusCode.UNKNOWN: 500,
+    StatusCode.INVALID_ARGUMENT: 400,
+    StatusCode.DEADLINE_EXCEEDED: 504,
+    StatusCode.NOT_FOUND: 404,
+    StatusCode.ALREADY_EXISTS: 409,
+    StatusCode.PERMISSION_DENIED: 403,
+    StatusCode.UNAUTHENTICATED: 401,
+    StatusCode.RESOURCE_EXHAUSTED: 429,
+    StatusCode.FAILED_PRECONDITION: 400,
+    StatusCode.ABORTED: 409,
+    StatusCode.OUT_OF_RANGE: 400,
+    StatusCode.UNIMPLEMENTED: 501,
+    StatusCode.INTERNAL: 500,
+    StatusCode.UNAVAILABLE: 503,
+    StatusCode.DATA_LOSS: 500,
 }
 
 # The gRPC code an HTTP status of the gateway's own routing stands for.
-_CODE_OF_HTTP: dict[int, grpc.StatusCode] = {
-    400: _C.INVALID_ARGUMENT,
-    401: _C.UNAUTHENTICATED,
-    403: _C.PERMISSION_DENIED,
-    404: _C.NOT_FOUND,
-    405: _C.UNIMPLEMENTED,
-    409: _C.ABORTED,
-    413: _C.RESOURCE_EXHAUSTED,
-    429: _C.RESOURCE_EXHAUSTED,
-    499: _C.CANCELLED,
-    500: _C.INTERNAL,
-    501: _C.UNIMPLEMENTED,
-    503: _C.UNAVAILABLE,
-    504: _C.DEADLINE_EXCEEDED,
+_CODE_OF_HTTP: dict[int, StatusCode] = {
+    400: StatusCode.INVALID_ARGUMENT,
+    401: StatusCode.UNAUTHENTICATED,
+    403: StatusCode.PERMISSION_DENIED,
+    404: StatusCode.NOT_FOUND,
+    405: StatusCode.UNIMPLEMENTED,
+    409: StatusCode.ABORTED,
+    413: StatusCode.RESOURCE_EXHAUSTED,
+    429: StatusCode.RESOURCE_EXHAUSTED,
+    499: StatusCode.CANCELLED,
+    500: StatusCode.INTERNAL,
+    501: StatusCode.UNIMPLEMENTED,
+    503: StatusCode.UNAVAILABLE,
+    504: StatusCode.DEADLINE_EXCEEDED,
 }
 
 # Statuses after which the caller should come back later.
@@ -90,7 +89,7 @@ class GatewayError(Exception):
 
     def __init__(
         self,
-        code: grpc.StatusCode,
+        code: StatusCode,
         message: str,
         *,
         details: Iterable[dict[str, Any]] = (),
@@ -108,12 +107,12 @@ class GatewayError(Exception):
 def bad_request(message: str, field: str = "") -> GatewayError:
     """400: the request itself is wrong (``field`` names the culprit, when one does)."""
     details = [_field_violations([(field, message)])] if field else []
-    return GatewayError(_C.INVALID_ARGUMENT, message, details=details)
+    return GatewayError(StatusCode.INVALID_ARGUMENT, message, details=details)
 
 
 def error_response(
     http_status: int,
-    code: grpc.StatusCode,
+    code: StatusCode,
     message: str,
     details: list[dict[str, Any]] | None = None,
     headers: dict[str, str] | None = None,
@@ -130,8 +129,8 @@ def error_response(
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(grpc.aio.AioRpcError, _rpc_error)
-    app.add_exception_handler(BodyError, _body_error)
-    app.add_exception_handler(CodecError, _codec_error)
+    app.add_exception_handler(BodyError, _decode_error)
+    app.add_exception_handler(CodecError, _decode_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
@@ -186,19 +185,15 @@ def _retry_after_seconds(value: str | None) -> str:
     return str(math.ceil(seconds))
 
 
-async def _body_error(request: Request, error: Exception) -> Response:
-    return error_response(400, _C.INVALID_ARGUMENT, str(error))
-
-
-async def _codec_error(request: Request, error: Exception) -> Response:
-    assert isinstance(error, CodecError)
-    details = [_field_violations([(error.field, error.reason)])] if error.field else []
-    return error_response(400, _C.INVALID_ARGUMENT, str(error), details)
+async def _decode_error(request: Request, error: Exception) -> Response:
+    field = error.field if isinstance(error, CodecError) else ""
+    return await _gateway_error(request, bad_request(str(error), field))
 
 
 async def _validation_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, RequestValidationError)
     violations: list[tuple[str, str]] = []
+    sentences: list[str] = []
     for problem in error.errors():
         location = [str(part) for part in problem.get("loc", ())]
         if location and location[0] in ("query", "path", "header", "cookie", "body"):
@@ -206,20 +201,22 @@ async def _validation_error(request: Request, error: Exception) -> Response:
         field = ".".join(location)
         if problem.get("type") == "missing":
             violations.append((field, "is required"))
+            sentences.append(f"{field} is required")
         else:
-            violations.append((field, str(problem.get("msg", "is not valid"))))
-    message = "; ".join(
-        f"{field} {description}" if description == "is required" else f"{field}: {description}"
-        for field, description in violations
-    )
+            description = str(problem.get("msg", "is not valid"))
+            violations.append((field, description))
+            sentences.append(f"{field}: {description}")
     return error_response(
-        400, _C.INVALID_ARGUMENT, message or "Invalid request", [_field_violations(violations)]
+        400,
+        StatusCode.INVALID_ARGUMENT,
+        "; ".join(sentences) or "Invalid request",
+        [_field_violations(violations)],
     )
 
 
 async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, StarletteHTTPException)
-    code = _CODE_OF_HTTP.get(error.status_code, _C.UNKNOWN)
+    code = _CODE_OF_HTTP.get(error.status_code, StatusCode.UNKNOWN)
     return error_response(
         error.status_code, code, str(error.detail), headers=dict(error.headers or {})
     )
@@ -227,4 +224,4 @@ async def _http_error(request: Request, error: Exception) -> Response:
 
 async def _unexpected_error(request: Request, error: Exception) -> Response:
     logger.exception("%s %s failed", request.method, request.url.path, exc_info=error)
-    return error_response(500, _C.INTERNAL, "Internal error")
+    return error_response(500, StatusCode.INTERNAL, "Internal error")
