@@ -6,6 +6,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+import psycopg
+import sqlalchemy.exc
 
 from server import errors
 from server.auth import KeyStore
@@ -22,6 +24,15 @@ _CODES: dict[type[errors.ServiceError], grpc.StatusCode] = {
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
+
+# Failures to reach PostgreSQL (as opposed to bugs): the caller should retry.
+DATABASE_UNREACHABLE = (
+    psycopg.OperationalError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    OSError,
+)
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
@@ -44,6 +55,13 @@ def reports_errors(handler: Handler) -> Handler:
             await context.abort(code, exc.message, trailing_metadata=trailers)
         except grpc.aio.AbortError:
             raise
+        except DATABASE_UNREACHABLE as exc:
+            log.warning("%s: PostgreSQL unreachable: %s", handler.__name__, exc)
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the database is unreachable; retry shortly",
+                trailing_metadata=(("retry-after", "1"),),
+            )
         except Exception:
             log.exception("%s failed", handler.__name__)
             await context.abort(
