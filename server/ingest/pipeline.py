@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 from server.domain import Principal, Rejection
 from server.errors import InvalidArgument, PermissionDenied, Unavailable
@@ -80,7 +79,7 @@ class IngestPipeline:
         rows: list[EventRow] = []
         result = IngestResult()
         dead: list[tuple[Rejection, str]] = [(r, payload) for r, payload in undecodable]
-        seen: set[UUID] = set()
+        seen: set[bytes] = set()
         for event in events:
             checked = validate(event, now, owners, self.limits)
             if isinstance(checked, Rejection):
@@ -101,13 +100,12 @@ class IngestPipeline:
 
         if rows:
             try:
-                flags = await asyncio.wait_for(self.writer.submit(rows), timeout)
+                duplicates = await asyncio.wait_for(self.writer.submit(rows), timeout)
             except TimeoutError:
                 raise Unavailable(
                     "the events were not committed before the deadline; retry with the same "
                     "eventIds (retries are safe: stored events count as duplicates)"
                 ) from None
-            duplicates = sum(flags)
             result.duplicates += duplicates
-            result.accepted += len(flags) - duplicates
+            result.accepted += len(rows) - duplicates
         return result

@@ -9,7 +9,6 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from uuid import UUID
 
 import uuid_utils
 
@@ -92,9 +91,8 @@ def validate(
                 f"{field} is longer than {limits.max_id_length} characters",
             )
     if event.event_id:
-        try:
-            event_id = UUID(event.event_id)
-        except ValueError:
+        event_id = parse_uuid(event.event_id)
+        if event_id is None:
             return _reject(
                 event,
                 "eventId",
@@ -102,8 +100,9 @@ def validate(
                 "eventId must be a UUID (for example a UUIDv7), or empty to have one assigned",
             )
     else:
-        event_id = UUID(bytes=uuid_utils.uuid7().bytes)
-        event.event_id = str(event_id)
+        assigned = uuid_utils.uuid7()
+        event_id = assigned.bytes
+        event.event_id = str(assigned)
 
     if event.timestamp_error:
         return _reject(event, "timestamp", "invalid_timestamp", event.timestamp_error)
@@ -189,6 +188,19 @@ def validate(
         duration,
         metadata or None,
     )
+
+
+def parse_uuid(text: str) -> bytes | None:
+    """The 16 bytes of a UUID in canonical (or bare 32-digit hex) form."""
+    if len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
+        text = text.replace("-", "")
+    if len(text) != 32:
+        return None
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return raw if len(raw) == 16 else None
 
 
 def truncate_ip(address: str) -> str:

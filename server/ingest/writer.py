@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import chain
 from typing import Any
-from uuid import UUID
 
 import psycopg
 
@@ -54,7 +54,7 @@ class WriterStats:
 @dataclass(slots=True)
 class _Submission:
     rows: Sequence[EventRow]
-    done: asyncio.Future[list[bool]]  # per row: True when the event was already stored
+    done: asyncio.Future[int]  # how many of the rows were already stored
 
 
 @dataclass(slots=True)
@@ -146,9 +146,9 @@ class BatchWriter:
 
     # -- submitting ----------------------------------------------------------
 
-    async def submit(self, rows: Sequence[EventRow], wait: bool = True) -> list[bool]:
+    async def submit(self, rows: Sequence[EventRow], wait: bool = True) -> int:
         """Buffers ``rows`` and, with ``wait``, returns once they are committed:
-        for each row, whether its event id was already stored (a duplicate).
+        how many of them were duplicates (their event id was already stored).
 
         Event ids must be unique within ``rows``. Raises ``ResourceExhausted``
         when the buffer is full, ``Unavailable`` when shutting down.
@@ -160,7 +160,7 @@ class BatchWriter:
                 f"the ingest buffer is full ({self.capacity} events); retry shortly",
                 retry_after=1.0,
             )
-        done: asyncio.Future[list[bool]] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append(_Submission(rows, done))
         self._pending_events += len(rows)
         self._idle.clear()
@@ -168,7 +168,7 @@ class BatchWriter:
             self._wake.set()
         if not wait:
             done.add_done_callback(_consume_exception)
-            return []
+            return 0
         return await asyncio.shield(done)
 
     async def wait_for_room(self, timeout: float | None) -> None:
@@ -218,21 +218,16 @@ class BatchWriter:
         return taken
 
     async def _flush(self, batch: list[_Submission]) -> None:
-        # Events repeated across submissions of one flush: the first is
-        # written, the later ones are duplicates.
-        rows: list[EventRow] = []
-        first_seen: set[tuple[str, UUID]] = set()
-        repeated: list[list[bool]] = []
-        for submission in batch:
-            flags = []
-            for row in submission.rows:
-                key = (row[0], row[1])
-                seen = key in first_seen
-                flags.append(seen)
-                if not seen:
-                    first_seen.add(key)
-                    rows.append(row)
-            repeated.append(flags)
+        # An event id may repeat across the submissions of one flush (a retry
+        # racing its original): the first is written, the others are
+        # duplicates. Usually no id repeats and every row is written.
+        keys = [[(row[0], row[1]) for row in submission.rows] for submission in batch]
+        total = sum(map(len, keys))
+        if len(dict.fromkeys(chain.from_iterable(keys))) == total:
+            rows = list(chain.from_iterable(submission.rows for submission in batch))
+            written, repeats = keys, [0] * len(batch)
+        else:
+            rows, written, repeats = _first_occurrences(batch, keys)
 
         backoff = _Backoff()
         started = time.perf_counter()
@@ -257,23 +252,21 @@ class BatchWriter:
                 return
 
         already = set(stored)
-        touched: set[tuple[str, str]] = set()
-        accepted = duplicates = 0
-        for submission, flags in zip(batch, repeated, strict=True):
-            result = []
-            for row, seen in zip(submission.rows, flags, strict=True):
-                duplicate = seen or (row[0], row[1]) in already
-                result.append(duplicate)
-                if duplicate:
-                    duplicates += 1
-                else:
-                    accepted += 1
-                    touched.add((row[0], row[2]))
+        duplicates = 0
+        for submission, submission_keys, repeated in zip(batch, written, repeats, strict=True):
+            count = repeated
+            if already:
+                count += sum(1 for key in submission_keys if key in already)
+            duplicates += count
             if not submission.done.done():
-                submission.done.set_result(result)
+                submission.done.set_result(count)
+        if already:
+            touched = {(r[0], r[2]) for r in rows if (r[0], r[1]) not in already}
+        else:
+            touched = {(r[0], r[2]) for r in rows}
 
         stats = self.stats
-        stats.events_accepted += accepted
+        stats.events_accepted += total - duplicates
         stats.events_duplicate += duplicates
         stats.flushes += 1
         stats.last_flush = datetime.now(UTC)
@@ -307,6 +300,27 @@ class BatchWriter:
         self._conn = None
 
 
-def _consume_exception(future: asyncio.Future[list[bool]]) -> None:
+def _first_occurrences(
+    batch: list[_Submission], keys: list[list[tuple[str, bytes]]]
+) -> tuple[list[EventRow], list[list[tuple[str, bytes]]], list[int]]:
+    """The rows to write (first occurrence of each id), the keys each
+    submission wrote, and how many of its events repeated an earlier one."""
+    seen: set[tuple[str, bytes]] = set()
+    rows: list[EventRow] = []
+    written: list[list[tuple[str, bytes]]] = []
+    repeats: list[int] = []
+    for submission, submission_keys in zip(batch, keys, strict=True):
+        mine = []
+        for row, key in zip(submission.rows, submission_keys, strict=True):
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+                mine.append(key)
+        written.append(mine)
+        repeats.append(len(submission_keys) - len(mine))
+    return rows, written, repeats
+
+
+def _consume_exception(future: asyncio.Future[int]) -> None:
     if not future.cancelled():
         future.exception()
