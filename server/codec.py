@@ -35,45 +35,51 @@ _MAX_SECONDS = 253_402_300_799  # 9999-12-31
 
 
 def decode_event(message: pb.Event, index: int) -> IncomingEvent:
+    # The hot path of ingest: positional construction, one HasField lookup.
+    has = message.HasField
     timestamp, timestamp_error = None, ""
-    if message.HasField("timestamp"):
+    if has("timestamp"):
         timestamp, timestamp_error = _decode_timestamp(message.timestamp)
-    session_id = ""
-    duration = None
-    metadata: dict[str, Any] | None = None
-    if message.HasField("metadata"):
-        m = message.metadata
-        session_id = m.session_id
-        metadata = {}
-        if session_id:
-            metadata["sessionId"] = session_id
-        for name, key in _METADATA_TEXT:
-            text = getattr(m, name)
-            if text:
-                metadata[key] = text
-        if m.HasField("duration"):
-            duration = m.duration
-            metadata["duration"] = duration
-        if m.HasField("position"):
-            metadata["position"] = m.position
-        if m.HasField("extra"):
-            for key, value in json_format.MessageToDict(m.extra).items():
-                metadata.setdefault(key, value)
+    session_id, duration, metadata = "", None, None
+    if has("metadata"):
+        session_id, duration, metadata = _decode_metadata(message.metadata)
     return IncomingEvent(
-        index=index,
-        size=message.ByteSize(),
-        event_id=message.event_id,
-        event_type=message.event_type,
-        campaign_id=message.campaign_id,
-        organization_id=message.organization_id,
-        timestamp=timestamp,
-        timestamp_error=timestamp_error,
-        value=message.value if message.HasField("value") else None,
-        session_id=session_id,
-        duration=duration,
-        metadata=metadata,
-        source=message,
+        index,
+        message.ByteSize(),
+        message.event_id,
+        message.event_type,
+        message.campaign_id,
+        message.organization_id,
+        timestamp,
+        timestamp_error,
+        message.value if has("value") else None,
+        session_id,
+        duration,
+        metadata,
+        message,
     )
+
+
+def _decode_metadata(m: pb.EventMetadata) -> tuple[str, float | None, dict[str, Any]]:
+    """(session id, duration, the metadata as stored: camelCase keys, extras flat)."""
+    metadata: dict[str, Any] = {}
+    session_id = m.session_id
+    if session_id:
+        metadata["sessionId"] = session_id
+    for name, key in _METADATA_TEXT:
+        text = getattr(m, name)
+        if text:
+            metadata[key] = text
+    duration = None
+    if m.HasField("duration"):
+        duration = m.duration
+        metadata["duration"] = duration
+    if m.HasField("position"):
+        metadata["position"] = m.position
+    if m.HasField("extra"):
+        for key, value in json_format.MessageToDict(m.extra).items():
+            metadata.setdefault(key, value)
+    return session_id, duration, metadata
 
 
 def decode_events(
