@@ -72,8 +72,7 @@ def test_async_client(analytics_server: ServerThread, tenant: Tenant, other_tena
             with pytest.raises(PermissionDeniedError):
                 await client.get_campaign_metrics(campaign)  # an ingest key cannot read
             with pytest.raises(PermissionDeniedError):
-                await client.ingest(
-                    [make_event("click", other_tenant.campaign_ids[0], other_tenant.organization_id)]
-                )
+                theirs = other_tenant.campaign_ids[0]
+                await client.ingest([make_event("click", theirs, other_tenant.organization_id)])
 
     asyncio.run(run())

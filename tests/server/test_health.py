@@ -56,7 +56,8 @@ def test_health_tracks_the_database_and_ingest_recovers(tmp_path: Path) -> None:
                     timeout=2,
                 )
             assert raised.value.code() in (
-                grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
             )
 
             instance.ensure_postgres_running()
