@@ -24,14 +24,14 @@ COUNTERS = """
 
 UPGRADE = f"""
 CREATE TABLE organizations (
-    organization_id text PRIMARY KEY,
+    organization_id text COLLATE "C" PRIMARY KEY,
     name text NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now()
 );
 
 CREATE TABLE api_keys (
-    organization_id text NOT NULL REFERENCES organizations,
-    key_id text NOT NULL,
+    organization_id text COLLATE "C" NOT NULL REFERENCES organizations,
+    key_id text COLLATE "C" NOT NULL,
     key_hash bytea NOT NULL UNIQUE,
     role text NOT NULL CHECK (role IN ('ingest', 'read', 'admin')),
     name text NOT NULL DEFAULT '',
@@ -41,8 +41,8 @@ CREATE TABLE api_keys (
 );
 
 CREATE TABLE campaigns (
-    organization_id text NOT NULL REFERENCES organizations,
-    campaign_id text NOT NULL,
+    organization_id text COLLATE "C" NOT NULL REFERENCES organizations,
+    campaign_id text COLLATE "C" NOT NULL,
     name text NOT NULL DEFAULT '',
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (organization_id, campaign_id)
@@ -52,35 +52,39 @@ CREATE TABLE campaigns (
 CREATE UNIQUE INDEX campaigns_campaign_id_key ON campaigns (campaign_id);
 
 CREATE TABLE events (
-    organization_id text NOT NULL,
+    organization_id text COLLATE "C" NOT NULL,
     event_id uuid NOT NULL,
-    campaign_id text NOT NULL,
+    campaign_id text COLLATE "C" NOT NULL,
     event_type smallint NOT NULL,
     occurred_at timestamptz NOT NULL,
     received_at timestamptz NOT NULL,
     value_micros bigint,
-    session_id text,
+    session_id text COLLATE "C",
     duration double precision,
     metadata jsonb,
     PRIMARY KEY (organization_id, event_id)
 );
 
 CREATE TABLE campaign_rollups (
-    organization_id text NOT NULL,
-    campaign_id text NOT NULL,
+    organization_id text COLLATE "C" NOT NULL,
+    campaign_id text COLLATE "C" NOT NULL,
     bucket timestamptz NOT NULL,
     {COUNTERS}
     spent_micros bigint NOT NULL DEFAULT 0,
     conversion_value_micros bigint NOT NULL DEFAULT 0,
     view_time_sum double precision NOT NULL DEFAULT 0,
     view_time_count bigint NOT NULL DEFAULT 0,
+    -- Sessions whose first event fell in this second, and how many of them
+    -- have had exactly one event so far (bounces).
+    sessions bigint NOT NULL DEFAULT 0,
+    bounced_sessions bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (organization_id, campaign_id, bucket)
 ) WITH (fillfactor = 70);
 CREATE INDEX campaign_rollups_bucket ON campaign_rollups (organization_id, bucket);
 
 CREATE TABLE campaign_analytics (
-    organization_id text NOT NULL,
-    campaign_id text NOT NULL,
+    organization_id text COLLATE "C" NOT NULL,
+    campaign_id text COLLATE "C" NOT NULL,
     date date NOT NULL,
     {COUNTERS}
     spent numeric(20, 6) NOT NULL DEFAULT 0,
@@ -96,20 +100,19 @@ CREATE TABLE campaign_analytics (
     PRIMARY KEY (organization_id, campaign_id, date)
 ) WITH (fillfactor = 70);
 
+-- Event counts per session; updates touch no indexed column, so they stay
+-- on the page (HOT). Bounce figures live in campaign_rollups.
 CREATE TABLE campaign_sessions (
-    organization_id text NOT NULL,
-    campaign_id text NOT NULL,
-    session_id text NOT NULL,
+    organization_id text COLLATE "C" NOT NULL,
+    campaign_id text COLLATE "C" NOT NULL,
+    session_id text COLLATE "C" NOT NULL,
     first_event_at timestamptz NOT NULL,
-    last_event_at timestamptz NOT NULL,
     event_count integer NOT NULL,
     PRIMARY KEY (organization_id, campaign_id, session_id)
 ) WITH (fillfactor = 70);
-CREATE INDEX campaign_sessions_last_event
-    ON campaign_sessions (organization_id, last_event_at);
 
 CREATE TABLE dead_letters (
-    organization_id text NOT NULL,
+    organization_id text COLLATE "C" NOT NULL,
     dead_letter_id uuid NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now(),
     event_index integer NOT NULL,

@@ -11,7 +11,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from server.metrics.formulas import Totals
 from server.metrics.window import Window
 from server.store.schema import campaign_rollups as r
-from server.store.schema import campaign_sessions as s
 
 _SUMMED = (
     "impressions",
@@ -25,6 +24,8 @@ _SUMMED = (
     "conversion_value_micros",
     "view_time_sum",
     "view_time_count",
+    "sessions",
+    "bounced_sessions",
 )
 TREND_POINTS = 60
 
@@ -36,22 +37,14 @@ async def campaign_totals(
     campaign_ids: Sequence[str] | None = None,
 ) -> dict[str, Totals]:
     """Totals per campaign with events in the window (all campaigns of the
-    organization, or only ``campaign_ids``)."""
+    organization, or only ``campaign_ids``). Sessions count where their first
+    event falls."""
     rollups = select(r.c.campaign_id, *(func.sum(r.c[name]) for name in _SUMMED)).where(
         r.c.organization_id == organization_id,
         r.c.bucket.between(window.first_bucket, window.last_bucket),
     )
-    end = window.last_bucket + timedelta(seconds=1)
-    sessions = select(
-        s.c.campaign_id, func.count(), func.count().filter(s.c.event_count == 1)
-    ).where(
-        s.c.organization_id == organization_id,
-        s.c.last_event_at >= window.first_bucket,
-        s.c.last_event_at < end,
-    )
     if campaign_ids is not None:
         rollups = rollups.where(r.c.campaign_id.in_(campaign_ids))
-        sessions = sessions.where(s.c.campaign_id.in_(campaign_ids))
 
     totals: dict[str, Totals] = {}
     for campaign_id, *sums in await conn.execute(rollups.group_by(r.c.campaign_id)):
@@ -60,10 +53,6 @@ async def campaign_totals(
             **{name: int(values[name]) for name in _SUMMED if name != "view_time_sum"},
             view_time_sum=float(values["view_time_sum"]),
         )
-    for campaign_id, count, bounced in await conn.execute(sessions.group_by(s.c.campaign_id)):
-        if campaign_id in totals:
-            totals[campaign_id].sessions = count
-            totals[campaign_id].bounced_sessions = bounced
     return totals
 
 

@@ -51,23 +51,28 @@ EventRow = tuple[
 
 set_json_dumps(orjson.dumps)
 
+_COLLATED = {"text": 'text COLLATE "C"'}  # ids compare bytewise, as in the tables
+_STAGING_DDL = (
+    f"{column} {_COLLATED.get(kind, kind)}"
+    for column, kind in zip(STAGING_COLUMNS, STAGING_TYPES, strict=True)
+)
 CREATE_STAGING = f"""
-CREATE TEMPORARY TABLE IF NOT EXISTS staging_events (
-    {", ".join(f"{c} {t}" for c, t in zip(STAGING_COLUMNS, STAGING_TYPES, strict=True))}
-) ON COMMIT DELETE ROWS
+CREATE TEMPORARY TABLE IF NOT EXISTS staging_events ({", ".join(_STAGING_DDL)})
+ON COMMIT DELETE ROWS
 """
 
 COPY_STAGING = f"COPY staging_events ({', '.join(STAGING_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
-_COUNTS = """
-    count(*) FILTER (WHERE event_type = 1),
-    count(*) FILTER (WHERE event_type = 2),
-    count(*) FILTER (WHERE event_type = 3),
-    count(*) FILTER (WHERE event_type = 4),
-    count(*) FILTER (WHERE event_type = 5),
-    count(*) FILTER (WHERE event_type = 6),
-    count(*) FILTER (WHERE event_type = 7)"""
 _COUNTERS = ("impressions", "clicks", "conversions", "views", "engagements", "completions", "skips")
+_ROLLUP_SUMS = (
+    *_COUNTERS,
+    "spent_micros",
+    "conversion_value_micros",
+    "view_time_sum",
+    "view_time_count",
+    "sessions",
+    "bounced_sessions",
+)
 _COUNTS_AS = ",\n            ".join(
     f"count(*) FILTER (WHERE event_type = {n}) AS {c}" for n, c in enumerate(_COUNTERS, 1)
 )
@@ -95,23 +100,48 @@ WITH inserted AS (
     ON CONFLICT (organization_id, event_id) DO NOTHING
     RETURNING organization_id, event_id, campaign_id, event_type, occurred_at,
               value_micros, session_id, duration
+), session_events AS (
+    SELECT organization_id, campaign_id, session_id,
+           min(occurred_at) AS first_event_at, count(*) AS events
+    FROM inserted WHERE session_id IS NOT NULL GROUP BY 1, 2, 3
+), sessions AS (
+    INSERT INTO campaign_sessions AS s (
+        organization_id, campaign_id, session_id, first_event_at, event_count)
+    SELECT * FROM session_events
+    ON CONFLICT (organization_id, campaign_id, session_id) DO UPDATE SET
+        event_count = s.event_count + excluded.event_count
+    RETURNING organization_id, campaign_id, session_id, first_event_at, event_count
+), session_changes AS (
+    -- A session is new when its count equals this batch's events; it is a
+    -- bounce while its count is 1, and stops being one when a second arrives.
+    SELECT s.organization_id, s.campaign_id, date_trunc('second', s.first_event_at) AS bucket,
+           count(*) FILTER (WHERE s.event_count = e.events) AS sessions,
+           count(*) FILTER (WHERE s.event_count = 1)
+             - count(*) FILTER (WHERE s.event_count - e.events = 1) AS bounced_sessions
+    FROM sessions s JOIN session_events e USING (organization_id, campaign_id, session_id)
+    GROUP BY 1, 2, 3
 ), rollups AS (
     INSERT INTO campaign_rollups AS r (
-        organization_id, campaign_id, bucket, {", ".join(_COUNTERS)},
-        spent_micros, conversion_value_micros, view_time_sum, view_time_count)
-    SELECT organization_id, campaign_id, date_trunc('second', occurred_at), {_COUNTS},
-        coalesce(sum(value_micros) FILTER (WHERE event_type <> 3), 0),
-        coalesce(sum(value_micros) FILTER (WHERE event_type = 3), 0),
-        coalesce(sum(duration) FILTER (WHERE event_type = 4), 0),
-        count(duration) FILTER (WHERE event_type = 4)
-    FROM inserted GROUP BY 1, 2, 3
+        organization_id, campaign_id, bucket, {", ".join(_ROLLUP_SUMS)})
+    SELECT organization_id, campaign_id, bucket, {", ".join(f"sum({c})" for c in _ROLLUP_SUMS)}
+    FROM (
+        SELECT organization_id, campaign_id, date_trunc('second', occurred_at) AS bucket,
+            {_COUNTS_AS},
+            coalesce(sum(value_micros) FILTER (WHERE event_type <> 3), 0) AS spent_micros,
+            coalesce(sum(value_micros) FILTER (WHERE event_type = 3), 0)
+                AS conversion_value_micros,
+            coalesce(sum(duration) FILTER (WHERE event_type = 4), 0) AS view_time_sum,
+            count(duration) FILTER (WHERE event_type = 4) AS view_time_count,
+            0 AS sessions, 0 AS bounced_sessions
+        FROM inserted GROUP BY 1, 2, 3
+        UNION ALL
+        SELECT organization_id, campaign_id, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+               sessions, bounced_sessions
+        FROM session_changes
+    ) changes
+    GROUP BY 1, 2, 3
     ON CONFLICT (organization_id, campaign_id, bucket) DO UPDATE SET
-        {
-    _add(
-        "r",
-        (*_COUNTERS, "spent_micros", "conversion_value_micros", "view_time_sum", "view_time_count"),
-    )
-}
+        {_add("r", _ROLLUP_SUMS)}
 ), daily AS (
     INSERT INTO {_CA} AS ca (
         organization_id, campaign_id, date, {", ".join(_COUNTERS)}, spent, conversion_value,
@@ -143,15 +173,6 @@ WITH inserted AS (
         completion_rate = {_ratio("ca", "completions", "views", " * 100.0")},
         skip_rate = {_ratio("ca", "skips", "views", " * 100.0")},
         updated_at = now()
-), sessions AS (
-    INSERT INTO campaign_sessions AS s (
-        organization_id, campaign_id, session_id, first_event_at, last_event_at, event_count)
-    SELECT organization_id, campaign_id, session_id, min(occurred_at), max(occurred_at), count(*)
-    FROM inserted WHERE session_id IS NOT NULL GROUP BY 1, 2, 3
-    ON CONFLICT (organization_id, campaign_id, session_id) DO UPDATE SET
-        first_event_at = least(s.first_event_at, excluded.first_event_at),
-        last_event_at = greatest(s.last_event_at, excluded.last_event_at),
-        event_count = s.event_count + excluded.event_count
 )
 SELECT st.organization_id, uuid_send(st.event_id) FROM staging_events st
 WHERE NOT EXISTS (

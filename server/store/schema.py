@@ -83,6 +83,9 @@ campaign_rollups = Table(
     Column("conversion_value_micros", BigInteger, nullable=False),
     Column("view_time_sum", Float, nullable=False),
     Column("view_time_count", BigInteger, nullable=False),
+    # Sessions whose first event fell in this second, and of them the bounces.
+    Column("sessions", BigInteger, nullable=False),
+    Column("bounced_sessions", BigInteger, nullable=False),
 )
 
 # The seed's CampaignAnalytics: one row per campaign and UTC date.
@@ -105,7 +108,7 @@ campaign_analytics = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
-# Sessions of each campaign, for the bounce rate.
+# Event counts per session of each campaign, for the bounce figures.
 campaign_sessions = Table(
     "campaign_sessions",
     metadata,
@@ -113,7 +116,6 @@ campaign_sessions = Table(
     Column("campaign_id", Text, primary_key=True),
     Column("session_id", Text, primary_key=True),
     Column("first_event_at", DateTime(timezone=True), nullable=False),
-    Column("last_event_at", DateTime(timezone=True), nullable=False),
     Column("event_count", Integer, nullable=False),
 )
 

@@ -126,3 +126,27 @@ def test_dashboard_sums_campaigns_and_trend_covers_the_window(stubs: Stubs, tena
     assert sum(p.impressions for p in reply.trend_data) == 60
     assert sum(p.spent for p in reply.trend_data) == 12.0
     assert len(reply.campaign_metrics) == 3
+
+
+def test_bounce_rate_follows_sessions_across_requests(stubs: Stubs, tenant: Tenant) -> None:
+    org, campaign = tenant.organization_id, tenant.campaign_ids[1]
+
+    def send(*events: pb.Event) -> None:
+        stubs.ingest.IngestEvents(
+            pb.IngestEventsRequest(events=events), metadata=tenant.auth(Role.INGEST)
+        )
+
+    def bounce_rate() -> tuple[float, int]:
+        m = stubs.metrics.GetCampaignMetrics(
+            pb.GetCampaignMetricsRequest(campaign_id=campaign), metadata=tenant.auth(Role.READ)
+        ).metrics
+        return m.bounce_rate, m.sessions
+
+    send(*(event("impression", campaign, org, session_id=s) for s in ("a", "b", "c", "d")))
+    assert bounce_rate() == (100.0, 4)
+    send(event("click", campaign, org, session_id="a"))
+    assert bounce_rate() == (75.0, 4)
+    send(event("view", campaign, org, session_id="a"), event("view", campaign, org, session_id="b"))
+    assert bounce_rate() == (50.0, 4)
+    send(event("impression", campaign, org))  # no session: not counted
+    assert bounce_rate() == (50.0, 4)
