@@ -100,14 +100,15 @@ CREATE TABLE campaign_analytics (
     PRIMARY KEY (organization_id, campaign_id, date)
 ) WITH (fillfactor = 70);
 
--- Event counts per session; updates touch no indexed column, so they stay
--- on the page (HOT). Bounce figures live in campaign_rollups.
+-- Sessions of each campaign, for the bounce figures kept in campaign_rollups.
+-- event_count counts to 2 (one event, or more): all a bounce needs, so a
+-- session is written at most twice, and its update stays on the page (HOT).
 CREATE TABLE campaign_sessions (
     organization_id text COLLATE "C" NOT NULL,
     campaign_id text COLLATE "C" NOT NULL,
     session_id text COLLATE "C" NOT NULL,
     first_event_at timestamptz NOT NULL,
-    event_count integer NOT NULL,
+    event_count smallint NOT NULL CHECK (event_count IN (1, 2)),
     PRIMARY KEY (organization_id, campaign_id, session_id)
 ) WITH (fillfactor = 70);
 

@@ -101,23 +101,31 @@ WITH inserted AS (
     RETURNING organization_id, event_id, campaign_id, event_type, occurred_at,
               value_micros, session_id, duration
 ), session_events AS (
-    SELECT organization_id, campaign_id, session_id,
-           min(occurred_at) AS first_event_at, count(*) AS events
-    FROM inserted WHERE session_id IS NOT NULL GROUP BY 1, 2, 3
+    -- Sessions seen in this batch, but for those already known to have two
+    -- or more events: nothing about them can change any more.
+    SELECT e.organization_id, e.campaign_id, e.session_id,
+           min(e.occurred_at) AS first_event_at, count(*) AS events
+    FROM inserted e
+    WHERE e.session_id IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM campaign_sessions k
+        WHERE k.organization_id = e.organization_id AND k.campaign_id = e.campaign_id
+          AND k.session_id = e.session_id AND k.event_count >= 2)
+    GROUP BY 1, 2, 3
 ), sessions AS (
     INSERT INTO campaign_sessions AS s (
         organization_id, campaign_id, session_id, first_event_at, event_count)
-    SELECT * FROM session_events
-    ON CONFLICT (organization_id, campaign_id, session_id) DO UPDATE SET
-        event_count = s.event_count + excluded.event_count
-    RETURNING organization_id, campaign_id, session_id, first_event_at, event_count
+    SELECT organization_id, campaign_id, session_id, first_event_at, least(events, 2)
+    FROM session_events
+    ON CONFLICT (organization_id, campaign_id, session_id) DO UPDATE SET event_count = 2
+    WHERE s.event_count < 2
+    RETURNING organization_id, campaign_id, session_id, first_event_at, xmax = 0 AS created
 ), session_changes AS (
-    -- A session is new when its count equals this batch's events; it is a
-    -- bounce while its count is 1, and stops being one when a second arrives.
+    -- A new session counts where its first event falls, as a bounce while it
+    -- has one event; a known one-event session stops being a bounce.
     SELECT s.organization_id, s.campaign_id, date_trunc('second', s.first_event_at) AS bucket,
-           count(*) FILTER (WHERE s.event_count = e.events) AS sessions,
-           count(*) FILTER (WHERE s.event_count = 1)
-             - count(*) FILTER (WHERE s.event_count - e.events = 1) AS bounced_sessions
+           count(*) FILTER (WHERE s.created) AS sessions,
+           count(*) FILTER (WHERE s.created AND e.events = 1)
+             - count(*) FILTER (WHERE NOT s.created) AS bounced_sessions
     FROM sessions s JOIN session_events e USING (organization_id, campaign_id, session_id)
     GROUP BY 1, 2, 3
 ), rollups AS (

@@ -116,7 +116,7 @@ campaign_sessions = Table(
     Column("campaign_id", Text, primary_key=True),
     Column("session_id", Text, primary_key=True),
     Column("first_event_at", DateTime(timezone=True), nullable=False),
-    Column("event_count", Integer, nullable=False),
+    Column("event_count", SmallInteger, nullable=False),  # 1, or 2 for two or more
 )
 
 # Refused events with their reason and the payload as sent.
