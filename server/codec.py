@@ -37,9 +37,9 @@ _MAX_SECONDS = 253_402_300_799  # 9999-12-31
 def decode_event(message: pb.Event, index: int) -> IncomingEvent:
     # The hot path of ingest: positional construction, one HasField lookup.
     has = message.HasField
-    timestamp, timestamp_error = None, ""
+    occurred_us, timestamp_error = None, ""
     if has("timestamp"):
-        timestamp, timestamp_error = _decode_timestamp(message.timestamp)
+        occurred_us, timestamp_error = _decode_timestamp(message.timestamp)
     session_id, duration, metadata = "", None, None
     if has("metadata"):
         session_id, duration, metadata = _decode_metadata(message.metadata)
@@ -50,7 +50,7 @@ def decode_event(message: pb.Event, index: int) -> IncomingEvent:
         message.event_type,
         message.campaign_id,
         message.organization_id,
-        timestamp,
+        occurred_us,
         timestamp_error,
         message.value if has("value") else None,
         session_id,
@@ -119,10 +119,12 @@ def event_payload(message: Any) -> str:
         return text_format.MessageToString(message, as_one_line=True)
 
 
-def _decode_timestamp(ts: Timestamp) -> tuple[datetime | None, str]:
-    if not (_MIN_SECONDS <= ts.seconds <= _MAX_SECONDS) or not 0 <= ts.nanos < 1_000_000_000:
+def _decode_timestamp(ts: Timestamp) -> tuple[int | None, str]:
+    """Microseconds since the Unix epoch, or why the timestamp is invalid."""
+    seconds, nanos = ts.seconds, ts.nanos
+    if not (_MIN_SECONDS <= seconds <= _MAX_SECONDS) or not 0 <= nanos < 1_000_000_000:
         return None, "timestamp is not a valid date"
-    return datetime.fromtimestamp(ts.seconds, UTC).replace(microsecond=ts.nanos // 1000), ""
+    return seconds * 1_000_000 + nanos // 1000, ""
 
 
 # -- results out ---------------------------------------------------------------

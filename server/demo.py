@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from datetime import UTC, datetime, timedelta
+import time
 from typing import Any
 
 from server import admin
@@ -33,7 +33,7 @@ async def prepare(engine) -> str:  # type: ignore[no-untyped-def]
     return await create_key(engine, DEMO_ORGANIZATION, Role.ADMIN, name="demo")
 
 
-def journey(rng: random.Random, campaign_id: str, now: datetime) -> list[IncomingEvent]:
+def journey(rng: random.Random, campaign_id: str, now_us: int) -> list[IncomingEvent]:
     """One session's funnel, as the seed's simulator made it: an impression;
     a click (30%); a view (80%) of 5 to 35 s; engagement past 10 s;
     completion past 20 s (then a conversion, 5%), otherwise a skip."""
@@ -71,7 +71,7 @@ def journey(rng: random.Random, campaign_id: str, now: datetime) -> list[Incomin
                 event_type=int(event_type),
                 campaign_id=campaign_id,
                 organization_id=DEMO_ORGANIZATION,
-                timestamp=now - timedelta(milliseconds=10 * (len(steps) - offset)),
+                occurred_us=now_us - 10_000 * (len(steps) - offset),
                 timestamp_error="",
                 value=value,
                 session_id=session,
@@ -92,7 +92,7 @@ async def run_traffic(
     last_report = asyncio.get_running_loop().time()
     while True:
         await asyncio.sleep(1 / journeys_per_second)
-        events = journey(rng, rng.choice(DEMO_CAMPAIGNS), datetime.now(UTC))
+        events = journey(rng, rng.choice(DEMO_CAMPAIGNS), time.time_ns() // 1000)
         try:
             result = await pipeline.ingest(principal, events)
             sent += result.accepted

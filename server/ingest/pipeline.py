@@ -4,14 +4,13 @@ dead-letter the rejected ones and hand the rest to the writer."""
 import asyncio
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from server.domain import Principal, Rejection
 from server.errors import InvalidArgument, PermissionDenied, Unavailable
 from server.ingest.campaigns import CampaignDirectory
 from server.ingest.dead_letters import DeadLetters
-from server.ingest.validation import IncomingEvent, Limits, validate
+from server.ingest.validation import IncomingEvent, Limits, now_us, validate
 from server.ingest.writer import BatchWriter
 from server.store.events import EventRow
 
@@ -75,7 +74,7 @@ class IngestPipeline:
                 )
 
         owners = await self.campaigns.owners({e.campaign_id for e in events if e.campaign_id})
-        now = datetime.now(UTC)
+        now = now_us()
         rows: list[EventRow] = []
         result = IngestResult()
         dead: list[tuple[Rejection, str]] = [(r, payload) for r, payload in undecodable]

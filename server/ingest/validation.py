@@ -6,8 +6,9 @@ stable code and a reason a person can act on. Limits are explicit.
 
 import ipaddress
 import math
+import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import uuid_utils
@@ -39,7 +40,7 @@ class IncomingEvent:
     event_type: int
     campaign_id: str
     organization_id: str
-    timestamp: datetime | None
+    occurred_us: int | None  # when it happened, microseconds since the Unix epoch
     timestamp_error: str
     value: float | None
     session_id: str
@@ -54,7 +55,7 @@ def _reject(event: IncomingEvent, field: str, code: str, reason: str) -> Rejecti
 
 def validate(
     event: IncomingEvent,
-    now: datetime,
+    now_us: int,
     campaign_owners: dict[str, str | None],
     limits: Limits,
 ) -> EventRow | Rejection:
@@ -106,15 +107,15 @@ def validate(
 
     if event.timestamp_error:
         return _reject(event, "timestamp", "invalid_timestamp", event.timestamp_error)
-    occurred_at = event.timestamp or now
-    if occurred_at > now + limits.max_future:
+    occurred_us = now_us if event.occurred_us is None else event.occurred_us
+    if occurred_us > now_us + limits.max_future // _MICROSECOND:
         return _reject(
             event,
             "timestamp",
             "timestamp_in_future",
             f"timestamp is more than {_hours(limits.max_future)} in the future",
         )
-    if occurred_at < now - limits.max_age:
+    if occurred_us < now_us - limits.max_age // _MICROSECOND:
         return _reject(
             event,
             "timestamp",
@@ -181,8 +182,7 @@ def validate(
         event_id,
         event.campaign_id,
         event.event_type,
-        occurred_at,
-        now,
+        occurred_us,
         value_micros,
         event.session_id or None,
         duration,
@@ -211,6 +211,14 @@ def truncate_ip(address: str) -> str:
         return ""
     prefix = 24 if ip.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
+
+
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def now_us() -> int:
+    """The current time in microseconds since the Unix epoch."""
+    return time.time_ns() // 1000
 
 
 def _hours(delta: timedelta) -> str:

@@ -7,8 +7,8 @@ already stored) and feeds only the rows it inserted into the aggregates, so a
 retried event changes nothing.
 """
 
+import struct
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -24,7 +24,6 @@ STAGING_COLUMNS = (
     "campaign_id",
     "event_type",
     "occurred_at",
-    "received_at",
     "value_micros",
     "session_id",
     "duration",
@@ -36,7 +35,6 @@ STAGING_TYPES = (
     "text",
     "int2",
     "timestamptz",
-    "timestamptz",
     "int8",
     "text",
     "float8",
@@ -44,10 +42,9 @@ STAGING_TYPES = (
 )
 
 # organization_id, event_id (the UUID's 16 bytes), campaign_id, event_type,
-# occurred_at, received_at, value_micros, session_id, duration, metadata
-EventRow = tuple[
-    str, bytes, str, int, datetime, datetime, int | None, str | None, float | None, Any
-]
+# occurred_at (microseconds since the Unix epoch), value_micros, session_id,
+# duration, metadata
+EventRow = tuple[str, bytes, str, int, int, int | None, str | None, float | None, Any]
 
 set_json_dumps(orjson.dumps)
 
@@ -95,8 +92,8 @@ def _ratio(table: str, numerator: str, denominator: str, scale: str = "") -> str
 _CA = "campaign_analytics"
 FLUSH = f"""
 WITH inserted AS (
-    INSERT INTO events ({", ".join(STAGING_COLUMNS)})
-    SELECT {", ".join(STAGING_COLUMNS)} FROM staging_events
+    INSERT INTO events ({", ".join(STAGING_COLUMNS)}, received_at)
+    SELECT {", ".join(STAGING_COLUMNS)}, now() FROM staging_events
     ON CONFLICT (organization_id, event_id) DO NOTHING
     RETURNING organization_id, event_id, campaign_id, event_type, occurred_at,
               value_micros, session_id, duration
@@ -189,21 +186,33 @@ WHERE NOT EXISTS (
 """
 
 
-class _UuidBytesDumper(Dumper):
-    """Writes a UUID given as its 16 raw bytes (binary format): event ids stay
-    ``bytes`` on the hot path, cheap to hash and compare."""
-
+# The hot path keeps event ids as 16 raw bytes and times as integer
+# microseconds (cheap to make, hash and compare). These dumpers write them in
+# COPY's binary format; registered by type oid only, they serve the staging
+# COPY (set_types) and nothing else.
+class _UuidFromBytes(Dumper):
     format = Format.BINARY
 
     def dump(self, obj: bytes) -> bytes:
         return obj
 
 
+_POSTGRES_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
+_pack_int8 = struct.Struct(">q").pack
+
+
+class _TimestamptzFromMicros(Dumper):
+    format = Format.BINARY
+
+    def dump(self, obj: int) -> bytes:
+        return _pack_int8(obj - _POSTGRES_EPOCH_US)
+
+
 async def prepare(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Sets up a writer connection: its staging table, and uuid from bytes."""
-    uuid_oid = conn.adapters.types["uuid"].oid
-    dumper = type("UuidBytesDumper", (_UuidBytesDumper,), {"oid": uuid_oid})
-    conn.adapters.register_dumper(bytes, dumper)
+    """Sets up a writer connection: its staging table and row formats."""
+    for base, type_name in ((_UuidFromBytes, "uuid"), (_TimestamptzFromMicros, "timestamptz")):
+        oid = conn.adapters.types[type_name].oid
+        conn.adapters.register_dumper(None, type(base.__name__, (base,), {"oid": oid}))
     await conn.execute(CREATE_STAGING)
     await conn.commit()
 
