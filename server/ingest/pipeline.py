@@ -62,10 +62,13 @@ class IngestPipeline:
         events: Sequence[IncomingEvent],
         undecodable: Sequence[tuple[Rejection, str]] = (),
         timeout: float | None = None,
+        wait_for_room: bool = False,
     ) -> IngestResult:
         """Validates and commits ``events``; returns once the accepted ones are
         durable. ``undecodable`` are events a front end could not decode, with
-        their payload: they are rejected and dead-lettered."""
+        their payload: they are rejected and dead-lettered. A full buffer
+        raises ``ResourceExhausted``, or with ``wait_for_room`` is waited out
+        (within ``timeout``)."""
         self.check_batch_size(len(events) + len(undecodable))
         for event in events:
             if event.organization_id and event.organization_id != principal.organization_id:
@@ -99,7 +102,9 @@ class IngestPipeline:
 
         if rows:
             try:
-                duplicates = await asyncio.wait_for(self.writer.submit(rows), timeout)
+                duplicates = await asyncio.wait_for(
+                    self.writer.submit(rows, wait_for_room=wait_for_room), timeout
+                )
             except TimeoutError:
                 raise Unavailable(
                     "the events were not committed before the deadline; retry with the same "

@@ -146,20 +146,28 @@ class BatchWriter:
 
     # -- submitting ----------------------------------------------------------
 
-    async def submit(self, rows: Sequence[EventRow], wait: bool = True) -> int:
+    async def submit(
+        self, rows: Sequence[EventRow], wait: bool = True, wait_for_room: bool = False
+    ) -> int:
         """Buffers ``rows`` and, with ``wait``, returns once they are committed:
         how many of them were duplicates (their event id was already stored).
 
-        Event ids must be unique within ``rows``. Raises ``ResourceExhausted``
-        when the buffer is full, ``Unavailable`` when shutting down.
+        Event ids must be unique within ``rows``. When the buffer is full it
+        raises ``ResourceExhausted``, or with ``wait_for_room`` waits until a
+        flush makes room. Raises ``Unavailable`` when shutting down.
         """
-        if self._closing:
-            raise Unavailable("the server is shutting down; retry on another server")
-        if self._pending_events + self._in_flight_events + len(rows) > self.capacity:
-            raise ResourceExhausted(
-                f"the ingest buffer is full ({self.capacity} events); retry shortly",
-                retry_after=1.0,
-            )
+        while True:
+            if self._closing:
+                raise Unavailable("the server is shutting down; retry on another server")
+            used = self._pending_events + self._in_flight_events
+            if used + len(rows) <= self.capacity or (used == 0 and wait_for_room):
+                break
+            if not wait_for_room:
+                raise ResourceExhausted(
+                    f"the ingest buffer is full ({self.capacity} events); retry shortly",
+                    retry_after=1.0,
+                )
+            await self.wait_for_room(None)
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append(_Submission(rows, done))
         self._pending_events += len(rows)

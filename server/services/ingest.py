@@ -9,13 +9,15 @@ from clients import pb
 from server import codec
 from server.auth import KeyStore
 from server.domain import Role
-from server.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
+from server.errors import InvalidArgument, NotFound, PermissionDenied
 from server.ingest.pipeline import IngestPipeline, IngestResult
 from server.ingest.validation import IncomingEvent
 from server.services.common import Authenticated, reports_errors
 
-# Stream messages validated and waiting for their commit at once, per stream.
-STREAM_WINDOW = 16
+# Events of one stream validated and waiting for their commit at once: enough
+# for the writer's group commit to form large batches, bounded so that a
+# stream cannot take the whole buffer.
+STREAM_EVENTS_IN_FLIGHT = 20_000
 
 
 class IngestServicer(Authenticated, pb.IngestServiceServicer):
@@ -100,28 +102,23 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
         principal = await self.caller(context, Role.INGEST)
         total = IngestResult()
         failures: list[BaseException] = []
-        window = asyncio.Semaphore(STREAM_WINDOW)
         in_flight: set[asyncio.Task[None]] = set()
+        window = _EventWindow(STREAM_EVENTS_IN_FLIGHT)
 
         async def ingest(events: list[IncomingEvent]) -> None:
             try:
-                while True:
-                    try:
-                        result = await self._pipeline.ingest(
-                            principal, events, timeout=context.time_remaining()
-                        )
-                        break
-                    except ResourceExhausted:
-                        # A stream waits for room instead of failing: while it
-                        # waits it reads no further, which slows the sender.
-                        await self._pipeline.writer.wait_for_room(context.time_remaining())
+                # A stream waits for room in a full buffer instead of failing:
+                # while it waits it reads no further, which slows the sender.
+                result = await self._pipeline.ingest(
+                    principal, events, timeout=context.time_remaining(), wait_for_room=True
+                )
                 total.accepted += result.accepted
                 total.duplicates += result.duplicates
                 total.rejected.extend(result.rejected)
             except Exception as exc:
                 failures.append(exc)
             finally:
-                window.release()
+                await window.release(len(events))
 
         offset = batches = 0
         try:
@@ -132,7 +129,7 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
                 self._pipeline.check_batch_size(len(message.events))
                 events = codec.decode_events(message.events, offset)
                 offset += len(message.events)
-                await window.acquire()
+                await window.acquire(len(events))
                 task = asyncio.create_task(ingest(events))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
@@ -154,6 +151,27 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
             timestamp=codec.now_timestamp(),
             batches=batches,
         )
+
+
+class _EventWindow:
+    """At most ``limit`` events in flight (but always at least one batch)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._events = 0
+        self._changed = asyncio.Condition()
+
+    async def acquire(self, count: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: self._events == 0 or self._events + count <= self._limit
+            )
+            self._events += count
+
+    async def release(self, count: int) -> None:
+        async with self._changed:
+            self._events -= count
+            self._changed.notify_all()
 
 
 def _raise_if_rejected(result: IngestResult) -> None:
