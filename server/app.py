@@ -71,6 +71,7 @@ class AnalyticsServer:
             flush_interval=s.flush_interval_ms / 1000,
             capacity=s.buffer_capacity,
             max_flush_events=s.max_flush_events,
+            connections=s.writer_connections,
         )
         pipeline = IngestPipeline(
             writer,

@@ -23,6 +23,7 @@ class ServerSettings(BaseSettings):
         100_000, ge=1, description="Most events buffered; beyond it ingest answers 429."
     )
     max_flush_events: int = Field(20_000, ge=1, description="Most events in one transaction.")
+    writer_connections: int = Field(2, ge=1, le=16, description="Flushes written at once.")
     max_batch_events: int = Field(5_000, ge=1, description="Most events in one request.")
     max_event_bytes: int = Field(32 * 1024, ge=256, description="Largest event, in bytes.")
     max_future_seconds: int = Field(24 * 3600, description="How far ahead a timestamp may be.")

@@ -2,14 +2,17 @@
 PostgreSQL by group commit.
 
 One worker task takes everything buffered and commits it in one transaction
-(``server.store.events.write_batch``). It starts a flush when the buffer holds
-``flush_threshold`` events, when ``flush_interval`` has passed, or at once when
-a caller is waiting and no flush is running; what arrives during a flush waits
-for the next one, so batches grow with load. A caller's ``submit`` returns
-only after its events are committed: acknowledged means durable.
+(``server.store.events.write_batch``). It starts a flush when the buffer
+holds ``flush_threshold`` events, when ``flush_interval`` has passed, or at
+once when a caller is waiting and a connection is free; up to
+``connections`` flushes run at once, so one batch is copied while PostgreSQL
+works on another. What arrives during a flush waits for the next one, so
+batches grow with load. A caller's ``submit`` returns only after its events
+are committed: acknowledged means durable.
 
 The buffer is bounded: past ``capacity`` events (buffered or being written)
-``submit`` raises ``ResourceExhausted`` at once instead of growing memory. When
+``submit`` raises ``ResourceExhausted`` at once (or waits for room, if asked)
+instead of growing memory. When
 PostgreSQL cannot be reached the writer keeps the batch, reports itself
 degraded and retries with exponential backoff and jitter until it commits;
 callers stop waiting at their own deadlines.
@@ -27,6 +30,7 @@ from itertools import chain
 from typing import Any
 
 import psycopg
+import psycopg.errors
 
 from server.errors import ResourceExhausted, ServiceError, Unavailable
 from server.store import events as event_store
@@ -78,6 +82,7 @@ class BatchWriter:
         flush_interval: float = 5.0,
         capacity: int = 100_000,
         max_flush_events: int = 20_000,
+        connections: int = 2,
         on_commit: CommitListener | None = None,
     ) -> None:
         self._url = database_url
@@ -85,6 +90,7 @@ class BatchWriter:
         self.flush_interval = flush_interval
         self.capacity = capacity
         self.max_flush_events = max_flush_events
+        self.connections = connections
         self._listeners: list[CommitListener] = [on_commit] if on_commit else []
         self._pending: list[_Submission] = []
         self._pending_events = 0
@@ -94,8 +100,9 @@ class BatchWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
-        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._conns: dict[int, psycopg.AsyncConnection[Any]] = {}
         self._worker: asyncio.Task[None] | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
         self.stats = WriterStats()
 
     # -- state ---------------------------------------------------------------
@@ -133,15 +140,16 @@ class BatchWriter:
                 await asyncio.wait_for(asyncio.shield(self._worker), timeout)
             except TimeoutError:
                 drained = False
-                self._worker.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._worker
+                for task in (self._worker, *self._flushes):
+                    task.cancel()
+                await asyncio.gather(self._worker, *self._flushes, return_exceptions=True)
         for submission in self._pending:
             if not submission.done.done():
                 submission.done.set_exception(Unavailable("the server is shutting down"))
         self._pending.clear()
-        if self._conn is not None:
-            await self._conn.close()
+        for conn in self._conns.values():
+            await conn.close()
+        self._conns.clear()
         return drained
 
     # -- submitting ----------------------------------------------------------
@@ -194,22 +202,31 @@ class BatchWriter:
     # -- the worker ----------------------------------------------------------
 
     async def _run(self) -> None:
+        # Up to ``connections`` flushes run at once, each on its own
+        # connection: one batch is copied while PostgreSQL works on another.
+        free = list(range(self.connections))
+
+        def finished(task: asyncio.Task[None], slot: int) -> None:
+            free.append(slot)
+            self._flushes.discard(task)
+            self._flushed.set()
+            self._flushed = asyncio.Event()
+            self._wake.set()
+
         while True:
-            if not self._pending:
+            if self._pending and free:
+                slot = free.pop()
+                task = asyncio.create_task(self._flush(slot, self._take()), name="flush")
+                task.add_done_callback(lambda t, slot=slot: finished(t, slot))
+                self._flushes.add(task)
+                continue
+            if not self._pending and not self._flushes:
                 self._idle.set()
                 if self._closing:
                     return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.flush_interval)
-                self._wake.clear()
-                continue
-            batch = self._take()
-            try:
-                await self._flush(batch)
-            finally:
-                self._in_flight_events = 0
-                self._flushed.set()
-                self._flushed = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            self._wake.clear()
 
     def _take(self) -> list[_Submission]:
         """Takes whole submissions, up to ``max_flush_events`` (at least one)."""
@@ -222,10 +239,16 @@ class BatchWriter:
             taken.append(self._pending.pop(0))
             count += size
         self._pending_events -= count
-        self._in_flight_events = count
+        self._in_flight_events += count
         return taken
 
-    async def _flush(self, batch: list[_Submission]) -> None:
+    async def _flush(self, slot: int, batch: list[_Submission]) -> None:
+        try:
+            await self._write(slot, batch)
+        finally:
+            self._in_flight_events -= sum(len(submission.rows) for submission in batch)
+
+    async def _write(self, slot: int, batch: list[_Submission]) -> None:
         # An event id may repeat across the submissions of one flush (a retry
         # racing its original): the first is written, the others are
         # duplicates. Usually no id repeats and every row is written.
@@ -241,12 +264,16 @@ class BatchWriter:
         started = time.perf_counter()
         while True:
             try:
-                conn = await self._connection()
+                conn = await self._connection(slot)
                 stored = await event_store.write_batch(conn, rows)
                 break
             except (psycopg.OperationalError, OSError) as exc:
-                await self._lost_connection(exc)
+                await self._lost_connection(slot, exc)
                 await asyncio.sleep(backoff.next_delay())
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                # Two flushes met on the same rows; the transaction was
+                # rolled back, so writing the batch again is safe.
+                log.info("flush of %d events met another; writing it again", len(rows))
             except psycopg.Error as exc:
                 # Not a connection fault: retrying the same rows would fail the
                 # same way, so the callers learn it now (nothing was committed).
@@ -287,25 +314,27 @@ class BatchWriter:
                 except Exception:
                     log.exception("commit listener failed")
 
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(self._url, connect_timeout=5)
-            await event_store.prepare(self._conn)
+    async def _connection(self, slot: int) -> psycopg.AsyncConnection[Any]:
+        conn = self._conns.get(slot)
+        if conn is None or conn.closed:
+            conn = await psycopg.AsyncConnection.connect(self._url, connect_timeout=5)
+            await event_store.prepare(conn)
+            self._conns[slot] = conn
             if self.stats.degraded_reason:
                 log.info("PostgreSQL reachable again; the writer recovered")
             self.stats.degraded_reason = ""
-        return self._conn
+        return conn
 
-    async def _lost_connection(self, exc: BaseException) -> None:
+    async def _lost_connection(self, slot: int, exc: BaseException) -> None:
         reason = f"cannot write to PostgreSQL: {str(exc).strip() or type(exc).__name__}"
         if reason != self.stats.degraded_reason:
             log.warning("%s; retrying", reason)
         self.stats.degraded_reason = reason
         self.stats.commit_errors += 1
-        if self._conn is not None:
+        conn = self._conns.pop(slot, None)
+        if conn is not None:
             with contextlib.suppress(Exception):
-                await self._conn.close()
-        self._conn = None
+                await conn.close()
 
 
 def _first_occurrences(

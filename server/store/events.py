@@ -1,6 +1,10 @@
 """Writing a batch of events: one transaction for raw events, rollups, the
 daily CampaignAnalytics rows and sessions.
 
+Several batches may be written at once (on separate connections); each
+upsert takes its rows in key order, so two flushes meeting on the same rows
+wait for each other instead of deadlocking.
+
 The rows are copied (binary COPY) into a temporary staging table, then one
 statement inserts the new events (``ON CONFLICT DO NOTHING`` drops event ids
 already stored) and feeds only the rows it inserted into the aggregates, so a
@@ -112,7 +116,7 @@ WITH inserted AS (
     INSERT INTO campaign_sessions AS s (
         organization_id, campaign_id, session_id, first_event_at, event_count)
     SELECT organization_id, campaign_id, session_id, first_event_at, least(events, 2)
-    FROM session_events
+    FROM session_events ORDER BY 1, 2, 3
     ON CONFLICT (organization_id, campaign_id, session_id) DO UPDATE SET event_count = 2
     WHERE s.event_count < 2
     RETURNING organization_id, campaign_id, session_id, first_event_at, xmax = 0 AS created
@@ -144,7 +148,7 @@ WITH inserted AS (
                sessions, bounced_sessions
         FROM session_changes
     ) changes
-    GROUP BY 1, 2, 3
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ON CONFLICT (organization_id, campaign_id, bucket) DO UPDATE SET
         {_add("r", _ROLLUP_SUMS)}
 ), daily AS (
@@ -168,6 +172,7 @@ WITH inserted AS (
                 AS conversion_value
         FROM inserted GROUP BY 1, 2, 3
     ) g
+    ORDER BY 1, 2, 3
     ON CONFLICT (organization_id, campaign_id, date) DO UPDATE SET
         {_add("ca", (*_COUNTERS, "spent", "conversion_value"))},
         ctr = {_ratio("ca", "clicks", "impressions", " * 100.0")},
