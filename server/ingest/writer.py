@@ -20,6 +20,7 @@ callers stop waiting at their own deadlines.
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -217,7 +218,7 @@ class BatchWriter:
             if self._pending and free:
                 slot = free.pop()
                 task = asyncio.create_task(self._flush(slot, self._take()), name="flush")
-                task.add_done_callback(lambda t, slot=slot: finished(t, slot))
+                task.add_done_callback(functools.partial(finished, slot=slot))
                 self._flushes.add(task)
                 continue
             if not self._pending and not self._flushes:

@@ -99,19 +99,29 @@ WITH inserted AS (
     INSERT INTO events ({", ".join(STAGING_COLUMNS)}, received_at)
     SELECT {", ".join(STAGING_COLUMNS)}, now() FROM staging_events
     ON CONFLICT (organization_id, event_id) DO NOTHING
-    RETURNING organization_id, event_id, campaign_id, event_type, occurred_at,
-              value_micros, session_id, duration
+    RETURNING organization_id, campaign_id, event_type, occurred_at, value_micros,
+              session_id, duration
+), per_second AS (
+    SELECT organization_id, campaign_id, date_trunc('second', occurred_at) AS bucket,
+        {_COUNTS_AS},
+        coalesce(sum(value_micros) FILTER (WHERE event_type <> 3), 0) AS spent_micros,
+        coalesce(sum(value_micros) FILTER (WHERE event_type = 3), 0)
+            AS conversion_value_micros,
+        coalesce(sum(duration) FILTER (WHERE event_type = 4), 0) AS view_time_sum,
+        count(duration) FILTER (WHERE event_type = 4) AS view_time_count
+    FROM inserted GROUP BY 1, 2, 3
 ), session_events AS (
     -- Sessions seen in this batch, but for those already known to have two
     -- or more events: nothing about them can change any more.
-    SELECT e.organization_id, e.campaign_id, e.session_id,
-           min(e.occurred_at) AS first_event_at, count(*) AS events
-    FROM inserted e
-    WHERE e.session_id IS NOT NULL AND NOT EXISTS (
+    SELECT * FROM (
+        SELECT organization_id, campaign_id, session_id,
+               min(occurred_at) AS first_event_at, count(*) AS events
+        FROM inserted WHERE session_id IS NOT NULL GROUP BY 1, 2, 3
+    ) seen
+    WHERE NOT EXISTS (
         SELECT 1 FROM campaign_sessions k
-        WHERE k.organization_id = e.organization_id AND k.campaign_id = e.campaign_id
-          AND k.session_id = e.session_id AND k.event_count >= 2)
-    GROUP BY 1, 2, 3
+        WHERE k.organization_id = seen.organization_id AND k.campaign_id = seen.campaign_id
+          AND k.session_id = seen.session_id AND k.event_count >= 2)
 ), sessions AS (
     INSERT INTO campaign_sessions AS s (
         organization_id, campaign_id, session_id, first_event_at, event_count)
@@ -134,15 +144,7 @@ WITH inserted AS (
         organization_id, campaign_id, bucket, {", ".join(_ROLLUP_SUMS)})
     SELECT organization_id, campaign_id, bucket, {", ".join(f"sum({c})" for c in _ROLLUP_SUMS)}
     FROM (
-        SELECT organization_id, campaign_id, date_trunc('second', occurred_at) AS bucket,
-            {_COUNTS_AS},
-            coalesce(sum(value_micros) FILTER (WHERE event_type <> 3), 0) AS spent_micros,
-            coalesce(sum(value_micros) FILTER (WHERE event_type = 3), 0)
-                AS conversion_value_micros,
-            coalesce(sum(duration) FILTER (WHERE event_type = 4), 0) AS view_time_sum,
-            count(duration) FILTER (WHERE event_type = 4) AS view_time_count,
-            0 AS sessions, 0 AS bounced_sessions
-        FROM inserted GROUP BY 1, 2, 3
+        SELECT *, 0 AS sessions, 0 AS bounced_sessions FROM per_second
         UNION ALL
         SELECT organization_id, campaign_id, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                sessions, bounced_sessions
@@ -165,12 +167,11 @@ WITH inserted AS (
         {_first("skips", "views", " * 100.0")},
         now()
     FROM (
-        SELECT organization_id, campaign_id, (occurred_at AT TIME ZONE 'UTC')::date AS date,
-            {_COUNTS_AS},
-            coalesce(sum(value_micros) FILTER (WHERE event_type <> 3), 0) / 1000000.0 AS spent,
-            coalesce(sum(value_micros) FILTER (WHERE event_type = 3), 0) / 1000000.0
-                AS conversion_value
-        FROM inserted GROUP BY 1, 2, 3
+        SELECT organization_id, campaign_id, (bucket AT TIME ZONE 'UTC')::date AS date,
+            {", ".join(f"sum({c}) AS {c}" for c in _COUNTERS)},
+            sum(spent_micros) / 1000000.0 AS spent,
+            sum(conversion_value_micros) / 1000000.0 AS conversion_value
+        FROM per_second GROUP BY 1, 2, 3
     ) g
     ORDER BY 1, 2, 3
     ON CONFLICT (organization_id, campaign_id, date) DO UPDATE SET
@@ -184,10 +185,15 @@ WITH inserted AS (
         skip_rate = {_ratio("ca", "skips", "views", " * 100.0")},
         updated_at = now()
 )
-SELECT st.organization_id, uuid_send(st.event_id) FROM staging_events st
-WHERE NOT EXISTS (
-    SELECT 1 FROM inserted i
-    WHERE i.organization_id = st.organization_id AND i.event_id = st.event_id)
+SELECT count(*) FROM inserted
+"""
+
+# Asked only when the flush inserted fewer rows than it staged: the staged
+# events that were already stored (their row is not this transaction's).
+DUPLICATES = """
+SELECT st.organization_id, uuid_send(st.event_id)
+FROM staging_events st JOIN events e USING (organization_id, event_id)
+WHERE e.xmin <> pg_current_xact_id()::xid
 """
 
 
@@ -233,5 +239,9 @@ async def write_batch(
             for row in rows:
                 await copy.write_row(row)
         await cur.execute(FLUSH)
+        inserted = await cur.fetchone()
+        if inserted is not None and inserted[0] == len(rows):
+            return []
+        await cur.execute(DUPLICATES)
         duplicates = await cur.fetchall()
     return duplicates  # type: ignore[return-value]
