@@ -69,8 +69,8 @@ class RealTimeMetrics(_message.Message):
     average_view_time: _builtins.float
     """Mean metadata.duration (seconds) over views that carry one."""
     bounce_rate: _builtins.float
-    """Sessions with exactly one event / sessions x 100, over the sessions seen
-    in the window.
+    """Sessions with exactly one event / sessions x 100, over the sessions whose
+    first event falls in the window.
     """
     ad_playbacks: _builtins.int
     """Views."""
@@ -87,7 +87,7 @@ class RealTimeMetrics(_message.Message):
     time_window: _builtins.int
     """Length of the window in seconds."""
     sessions: _builtins.int
-    """Distinct sessions seen in the window."""
+    """Sessions whose first event falls in the window."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """End of the window (the time the metrics were computed)."""
