@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from pydantic.json_schema import models_json_schema
 
 from clients.pb import CampaignServiceStub, IngestServiceStub, MetricsServiceStub
@@ -52,7 +53,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             app.state.stubs = None
             await channel.close()
 
-    app = FastAPI(
+    # /docs and /redoc serve Swagger UI and ReDoc from the installed package,
+    # not from a CDN, so they work offline.
+    app = FastAPIOffline(
         title="Campaign analytics",
         version=_version(),
         description=DESCRIPTION,

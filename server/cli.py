@@ -1,5 +1,11 @@
 """The ``campaign-analytics`` command."""
 
+import os
+
+# gRPC's core logs at INFO by default (for example about fork() while its
+# threads run); keep its log to errors unless asked otherwise.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import argparse
 import asyncio
 import contextlib
@@ -225,7 +231,7 @@ simulated traffic. Its admin key (shown once): {key}
                        "organizationId": "{org}", "value": 1.5}}}}' \\
        {base}/api/analytics/real-time
 
-  python -c "
+  .venv/bin/python -c "
 from clients import AnalyticsClient, make_event
 with AnalyticsClient('{host}:{grpc_port}', api_key='$KEY') as client:
     client.ingest([make_event('click', 'camp_123', '{org}', value=1.5)])

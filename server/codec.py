@@ -5,13 +5,14 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from google.protobuf import json_format, text_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients import pb
 from server.admin import CampaignRecord
 from server.domain import Rejection
-from server.ingest.validation import IncomingEvent
+from server.ingest.validation import IncomingEvent, truncate_ip
 from server.ingest.writer import WriterStats
 from server.metrics.formulas import MICROS, CampaignMetrics
 from server.metrics.reader import Dashboard
@@ -40,9 +41,9 @@ def decode_event(message: pb.Event, index: int) -> IncomingEvent:
     occurred_us, timestamp_error = None, ""
     if has("timestamp"):
         occurred_us, timestamp_error = _decode_timestamp(message.timestamp)
-    session_id, duration, metadata = "", None, None
+    session_id, duration, metadata, metadata_error = "", None, None, ""
     if has("metadata"):
-        session_id, duration, metadata = _decode_metadata(message.metadata)
+        session_id, duration, metadata, metadata_error = _decode_metadata(message.metadata)
     return IncomingEvent(
         index,
         message.ByteSize(),
@@ -57,11 +58,13 @@ def decode_event(message: pb.Event, index: int) -> IncomingEvent:
         duration,
         metadata,
         message,
+        metadata_error,
     )
 
 
-def _decode_metadata(m: pb.EventMetadata) -> tuple[str, float | None, dict[str, Any]]:
-    """(session id, duration, the metadata as stored: camelCase keys, extras flat)."""
+def _decode_metadata(m: pb.EventMetadata) -> tuple[str, float | None, dict[str, Any], str]:
+    """(session id, duration, the metadata as stored: camelCase keys, extras
+    flat, and why ``extra`` could not be read, if so)."""
     metadata: dict[str, Any] = {}
     session_id = m.session_id
     if session_id:
@@ -77,9 +80,13 @@ def _decode_metadata(m: pb.EventMetadata) -> tuple[str, float | None, dict[str, 
     if m.HasField("position"):
         metadata["position"] = m.position
     if m.HasField("extra"):
-        for key, value in json_format.MessageToDict(m.extra).items():
+        try:
+            extra = json_format.MessageToDict(m.extra)
+        except ValueError as exc:  # NaN or Infinity, which JSON cannot hold
+            return session_id, duration, metadata, f"metadata.extra cannot be stored: {exc}"
+        for key, value in extra.items():
             metadata.setdefault(key, value)
-    return session_id, duration, metadata
+    return session_id, duration, metadata, ""
 
 
 def decode_events(
@@ -102,15 +109,41 @@ def decode_undecodable(
     items: Sequence[pb.UndecodableEvent], offset: int = 0
 ) -> list[tuple[Rejection, str]]:
     return [
-        (Rejection(offset + item.index, item.field, "undecodable", item.reason), item.payload)
+        (
+            Rejection(offset + item.index, item.field, "undecodable", item.reason),
+            _truncate_payload_ip(item.payload),
+        )
         for item in items
     ]
 
 
+def _truncate_payload_ip(payload: str) -> str:
+    """The payload with ``metadata.ipAddress`` truncated, where it can be found."""
+    if "ip" not in payload.lower():
+        return payload
+    try:
+        event = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return payload
+    metadata = event.get("metadata") if isinstance(event, dict) else None
+    if not isinstance(metadata, dict):
+        return payload
+    for key in ("ipAddress", "ip_address"):
+        if key in metadata:
+            address = metadata[key]
+            metadata[key] = truncate_ip(address) if isinstance(address, str) else ""
+    return orjson.dumps(event).decode()
+
+
 def event_payload(message: Any) -> str:
-    """The event as JSON, for the dead-letter table."""
+    """The event as JSON, for the dead-letter table (its IP address truncated)."""
     if message is None:
         return ""
+    if message.HasField("metadata") and message.metadata.ip_address:
+        copy = pb.Event()
+        copy.CopyFrom(message)
+        copy.metadata.ip_address = truncate_ip(copy.metadata.ip_address)
+        message = copy
     try:
         return json_format.MessageToJson(message, indent=None)
     except json_format.Error:

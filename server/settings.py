@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,3 +31,12 @@ class ServerSettings(BaseSettings):
     key_cache_seconds: float = Field(5.0, ge=0, description="How long a checked key is trusted.")
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="Drain time on SIGTERM.")
     migrate: bool = Field(True, description="Apply database migrations at start-up.")
+
+    @model_validator(mode="after")
+    def _buffer_holds_a_batch(self) -> "ServerSettings":
+        if self.buffer_capacity < self.max_batch_events:
+            raise ValueError(
+                f"buffer_capacity ({self.buffer_capacity}) must be at least max_batch_events "
+                f"({self.max_batch_events}), or a full batch could never be accepted"
+            )
+        return self

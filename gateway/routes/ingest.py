@@ -58,10 +58,12 @@ async def ingest_events(body: RawBody, stub: IngestStub, call: Call) -> JsonResp
 
     response = await stub.IngestEvents(request, metadata=call.metadata, timeout=call.timeout)
     content = codec.message_to_dict(response)
-    if event is not None and response.success:
-        content["message"] = SINGLE_EVENT_INGESTED
-    elif not content["message"]:
-        content["message"] = f"{response.count} events ingested successfully"
+    if not content["message"]:  # the server words it; this is for one that does not
+        content["message"] = (
+            SINGLE_EVENT_INGESTED
+            if event is not None
+            else f"{response.count} events ingested successfully"
+        )
     return respond(content)
 
 
@@ -98,7 +100,7 @@ async def ingest_campaign_event(
         timeout=call.timeout,
     )
     content = codec.message_to_dict(response)
-    if response.success:
+    if not content["message"]:
         content["message"] = CAMPAIGN_EVENT_INGESTED
     return respond(content)
 

@@ -27,6 +27,7 @@ class Limits:
     max_value: float = 1e9
     max_duration: float = 86_400.0
     max_id_length: int = 128
+    max_session_id_length: int = 256
     max_text_length: int = 2048
 
 
@@ -47,6 +48,7 @@ class IncomingEvent:
     duration: float | None
     metadata: dict[str, Any] | None
     source: Any = None  # the wire message, for the dead-letter payload
+    metadata_error: str = ""  # why metadata.extra could not be read
 
 
 def _reject(event: IncomingEvent, field: str, code: str, reason: str) -> Rejection:
@@ -91,6 +93,8 @@ def validate(
                 "field_too_long",
                 f"{field} is longer than {limits.max_id_length} characters",
             )
+        if "\x00" in text:
+            return _reject(event, field, "invalid_character", f"{field} holds a NUL character")
     if event.event_id:
         event_id = parse_uuid(event.event_id)
         if event_id is None:
@@ -146,6 +150,15 @@ def validate(
             f"metadata.duration must be between 0 and {limits.max_duration:g} seconds",
         )
 
+    if event.metadata_error:
+        return _reject(event, "metadata.extra", "invalid_metadata", event.metadata_error)
+    if len(event.session_id) > limits.max_session_id_length:
+        return _reject(
+            event,
+            "metadata.sessionId",
+            "field_too_long",
+            f"metadata.sessionId is longer than {limits.max_session_id_length} characters",
+        )
     metadata = event.metadata
     if metadata:
         for key, text in metadata.items():
@@ -156,9 +169,11 @@ def validate(
                     "field_too_long",
                     f"metadata.{key} is longer than {limits.max_text_length} characters",
                 )
+        if _holds_nul(metadata):
+            return _reject(event, "metadata", "invalid_character", "metadata holds a NUL character")
         address = metadata.get("ipAddress")
         if address:
-            metadata["ipAddress"] = truncate_ip(address)
+            metadata["ipAddress"] = truncate_ip(address) if isinstance(address, str) else ""
 
     owner = campaign_owners.get(event.campaign_id)
     if owner is None:
@@ -188,6 +203,18 @@ def validate(
         duration,
         metadata or None,
     )
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a NUL character hides in a string, key or nested value:
+    PostgreSQL's text and jsonb cannot hold one."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in key or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def parse_uuid(text: str) -> bytes | None:

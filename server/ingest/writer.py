@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 
-from server.errors import ResourceExhausted, ServiceError, Unavailable
+from server.errors import InvalidArgument, ResourceExhausted, Unavailable
 from server.store import events as event_store
 from server.store.events import EventRow
 
@@ -127,7 +127,8 @@ class BatchWriter:
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Connects (retrying while PostgreSQL is unreachable) and starts the worker."""
+        """Starts the worker; connections open with the first flush (and are
+        opened again, with backoff, whenever PostgreSQL goes away)."""
         self._worker = asyncio.create_task(self._run(), name="batch-writer")
 
     async def shutdown(self, timeout: float) -> bool:
@@ -144,9 +145,7 @@ class BatchWriter:
                 for task in (self._worker, *self._flushes):
                     task.cancel()
                 await asyncio.gather(self._worker, *self._flushes, return_exceptions=True)
-        for submission in self._pending:
-            if not submission.done.done():
-                submission.done.set_exception(Unavailable("the server is shutting down"))
+        _fail(self._pending, Unavailable("the server stopped before these events were committed"))
         self._pending.clear()
         for conn in self._conns.values():
             await conn.close()
@@ -246,6 +245,9 @@ class BatchWriter:
     async def _flush(self, slot: int, batch: list[_Submission]) -> None:
         try:
             await self._write(slot, batch)
+        except asyncio.CancelledError:
+            _fail(batch, Unavailable("the server stopped before these events were committed"))
+            raise
         finally:
             self._in_flight_events -= sum(len(submission.rows) for submission in batch)
 
@@ -268,24 +270,16 @@ class BatchWriter:
                 conn = await self._connection(slot)
                 stored = await event_store.write_batch(conn, rows)
                 break
-            except (psycopg.OperationalError, OSError) as exc:
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
+                # Two flushes met on the same rows; the transaction was rolled
+                # back, so writing the batch again is safe.
+                log.info("flush of %d events met another flush; writing it again", len(rows))
+            except (psycopg.Error, OSError) as exc:
+                if not _connection_fault(exc, self._conns.get(slot)):
+                    await self._write_apart(slot, batch, exc)
+                    return
                 await self._lost_connection(slot, exc)
                 await asyncio.sleep(backoff.next_delay())
-            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
-                # Two flushes met on the same rows; the transaction was
-                # rolled back, so writing the batch again is safe.
-                log.info("flush of %d events met another; writing it again", len(rows))
-            except psycopg.Error as exc:
-                # Not a connection fault: retrying the same rows would fail the
-                # same way, so the callers learn it now (nothing was committed).
-                log.exception("flush of %d events failed", len(rows))
-                self.stats.commit_errors += 1
-                for submission in batch:
-                    if not submission.done.done():
-                        submission.done.set_exception(
-                            ServiceError(f"the events could not be written: {exc}")
-                        )
-                return
 
         already = set(stored)
         duplicates = 0
@@ -315,6 +309,23 @@ class BatchWriter:
                 except Exception:
                     log.exception("commit listener failed")
 
+    async def _write_apart(self, slot: int, batch: list[_Submission], exc: BaseException) -> None:
+        """PostgreSQL refused the batch for its content, not for a fault: each
+        submission is written on its own, so only the offending one fails."""
+        if len(batch) > 1:
+            for submission in batch:
+                await self._write(slot, [submission])
+            return
+        log.error("PostgreSQL refused %d events: %s", len(batch[0].rows), exc)
+        self.stats.commit_errors += 1
+        _fail(
+            batch,
+            InvalidArgument(
+                f"PostgreSQL refused these events ({type(exc).__name__}); nothing was "
+                "stored: look for characters or sizes it cannot hold"
+            ),
+        )
+
     async def _connection(self, slot: int) -> psycopg.AsyncConnection[Any]:
         conn = self._conns.get(slot)
         if conn is None or conn.closed:
@@ -327,9 +338,10 @@ class BatchWriter:
         return conn
 
     async def _lost_connection(self, slot: int, exc: BaseException) -> None:
-        reason = f"cannot write to PostgreSQL: {str(exc).strip() or type(exc).__name__}"
+        # The status says what kind of fault; the log has the whole message.
+        reason = f"cannot write to PostgreSQL ({type(exc).__name__}); retrying"
         if reason != self.stats.degraded_reason:
-            log.warning("%s; retrying", reason)
+            log.warning("cannot write to PostgreSQL: %s; retrying", str(exc).strip())
         self.stats.degraded_reason = reason
         self.stats.commit_errors += 1
         conn = self._conns.pop(slot, None)
@@ -357,6 +369,26 @@ def _first_occurrences(
         written.append(mine)
         repeats.append(len(submission_keys) - len(mine))
     return rows, written, repeats
+
+
+# SQLSTATEs of a lost server connection (class 08) or a server going away.
+_CONNECTION_STATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def _connection_fault(exc: BaseException, conn: psycopg.AsyncConnection[Any] | None) -> bool:
+    """Whether ``exc`` means PostgreSQL could not be reached (retry later), as
+    opposed to PostgreSQL refusing what was sent (retrying cannot help)."""
+    if isinstance(exc, OSError) or conn is None or conn.closed or conn.broken:
+        return True
+    state = getattr(exc, "sqlstate", None)
+    return state is None or state.startswith("08") or state in _CONNECTION_STATES
+
+
+def _fail(batch: list[_Submission], error: BaseException) -> None:
+    for submission in batch:
+        if not submission.done.done():
+            submission.done.set_exception(error)
+            submission.done.add_done_callback(_consume_exception)
 
 
 def _consume_exception(future: asyncio.Future[int]) -> None:

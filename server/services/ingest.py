@@ -39,19 +39,14 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
             principal,
             codec.decode_events(messages, undecodable=undecodable),
             codec.decode_undecodable(request.undecodable_events),
-            timeout=context.time_remaining(),
+            timeout=_budget(context),
         )
         if single:
             _raise_if_rejected(result)
-            message = "Event ingested successfully"
-        elif result.stored:
-            message = f"{result.stored} events ingested successfully"
-        else:
-            message = f"no events ingested: {len(result.rejected)} rejected"
         return pb.IngestEventsResponse(
             success=result.stored > 0,
-            message=message,
-            count=result.stored,
+            message=_summary(result, single),
+            count=result.accepted,
             accepted=result.accepted,
             duplicates=result.duplicates,
             rejected=[codec.encode_rejection(r) for r in result.rejected],
@@ -80,12 +75,16 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
         if not event.organization_id:
             event.organization_id = principal.organization_id
         result = await self._pipeline.ingest(
-            principal, [codec.decode_event(event, 0)], timeout=context.time_remaining()
+            principal, [codec.decode_event(event, 0)], timeout=_budget(context)
         )
         _raise_if_rejected(result)
         return pb.IngestCampaignEventResponse(
             success=True,
-            message="Analytics event ingested successfully",
+            message=(
+                "Analytics event ingested successfully"
+                if result.accepted
+                else "Analytics event already ingested (same eventId); nothing changed"
+            ),
             campaign_id=campaign_id,
             event_type=event.event_type,
             timestamp=codec.now_timestamp(),
@@ -110,7 +109,7 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
                 # A stream waits for room in a full buffer instead of failing:
                 # while it waits it reads no further, which slows the sender.
                 result = await self._pipeline.ingest(
-                    principal, events, timeout=context.time_remaining(), wait_for_room=True
+                    principal, events, timeout=_budget(context), wait_for_room=True
                 )
                 total.accepted += result.accepted
                 total.duplicates += result.duplicates
@@ -126,6 +125,8 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
                 if failures:
                     break
                 batches += 1
+                if not message.events:
+                    continue  # nothing to do; not worth failing the stream over
                 self._pipeline.check_batch_size(len(message.events))
                 events = codec.decode_events(message.events, offset)
                 offset += len(message.events)
@@ -143,14 +144,23 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
         total.rejected.sort(key=lambda r: r.index)
         return pb.StreamEventsResponse(
             success=total.stored > 0 or offset == 0,
-            message=f"{total.stored} events ingested successfully",
-            count=total.stored,
+            message=_summary(total, single=False),
+            count=total.accepted,
             accepted=total.accepted,
             duplicates=total.duplicates,
             rejected=[codec.encode_rejection(r) for r in total.rejected],
             timestamp=codec.now_timestamp(),
             batches=batches,
         )
+
+
+def _budget(context: grpc.aio.ServicerContext) -> float | None:
+    """The time a call may wait for its commit: its deadline, less a margin so
+    that it can still answer (UNAVAILABLE, retry) before the caller gives up."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return max(0.0, remaining - min(0.25, remaining / 10))
 
 
 class _EventWindow:
@@ -172,6 +182,25 @@ class _EventWindow:
         async with self._changed:
             self._events -= count
             self._changed.notify_all()
+
+
+def _summary(result: IngestResult, single: bool) -> str:
+    """The seed's message ("<n> events ingested successfully"), saying also
+    what was already stored and what was rejected."""
+    if single:
+        if result.accepted:
+            return "Event ingested successfully"
+        return "Event already ingested (same eventId); nothing changed"
+    parts = [f"{_events(result.accepted)} ingested successfully"]
+    if result.duplicates:
+        parts.append(f"{_events(result.duplicates)} already ingested (same eventId)")
+    if result.rejected:
+        parts.append(f"{_events(len(result.rejected))} rejected")
+    return "; ".join(parts)
+
+
+def _events(count: int) -> str:
+    return f"{count} event" if count == 1 else f"{count} events"
 
 
 def _raise_if_rejected(result: IngestResult) -> None:

@@ -72,7 +72,8 @@ def send_stream(stubs: Stubs) -> Sender:
         )
         reply = stubs.ingest.StreamEvents(batches, metadata=tenant.auth(Role.INGEST))
         assert not reply.rejected
-        assert reply.count == len(events)
+        assert reply.count == reply.accepted
+        assert reply.accepted + reply.duplicates == len(events)
         return reply.accepted, reply.duplicates
 
     return send

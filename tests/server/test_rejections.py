@@ -158,3 +158,43 @@ def test_stream_rejections_are_numbered_across_the_stream(stubs: Stubs, tenant: 
     reply = stubs.ingest.StreamEvents(iter(batches), metadata=tenant.auth(Role.INGEST))
     assert (reply.accepted, reply.batches) == (4, 2)
     assert [(r.index, r.code) for r in reply.rejected] == [(4, "campaign_not_found")]
+
+
+def test_characters_and_sizes_postgresql_cannot_hold_are_rejected(
+    stubs: Stubs, tenant: Tenant, database_url: str
+) -> None:
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+    nul_agent = event("view", campaign, org)
+    nul_agent.metadata.user_agent = "Mozilla\x00"
+    nul_extra = event("view", campaign, org)
+    nul_extra.metadata.extra.update({"note": "a\x00b"})
+    long_session = event("view", campaign, org, session_id="s" * 300)
+    nan_extra = event("view", campaign, org)
+    nan_extra.metadata.extra.update({"score": math.nan})
+    ip = event("click", campaign, org, value=-1.0)
+    ip.metadata.ip_address = "203.0.113.77"
+    reply = stubs.ingest.IngestEvents(
+        pb.IngestEventsRequest(
+            events=[
+                event("impression", campaign, org),
+                nul_agent,
+                nul_extra,
+                long_session,
+                nan_extra,
+                ip,
+            ]
+        ),
+        metadata=tenant.auth(Role.INGEST),
+    )
+    assert reply.accepted == 1
+    assert [(r.index, r.field, r.code) for r in reply.rejected] == [
+        (1, "metadata", "invalid_character"),
+        (2, "metadata", "invalid_character"),
+        (3, "metadata.sessionId", "field_too_long"),
+        (4, "metadata.extra", "invalid_metadata"),
+        (5, "value", "invalid_value"),
+    ]
+    stored = dead_letters(database_url, org)
+    assert len(stored) == 5
+    # The IP address is personal data: kept truncated, in dead letters too.
+    assert "203.0.113.0" in stored[-1][3] and "203.0.113.77" not in stored[-1][3]

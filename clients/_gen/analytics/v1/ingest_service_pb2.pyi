@@ -72,8 +72,9 @@ class IngestEventsResponse(_message.Message):
     success: _builtins.bool
     """False when no event was accepted or already stored."""
     message: _builtins.str
+    """"<count> events ingested successfully", then duplicates and rejections."""
     count: _builtins.int
-    """Events now stored: accepted plus duplicates."""
+    """Events newly ingested (the same as `accepted`)."""
     accepted: _builtins.int
     """Events newly committed."""
     duplicates: _builtins.int
@@ -201,7 +202,7 @@ class StreamEventsResponse(_message.Message):
     success: _builtins.bool
     message: _builtins.str
     count: _builtins.int
-    """Events now stored: accepted plus duplicates."""
+    """Events newly ingested (the same as `accepted`)."""
     accepted: _builtins.int
     duplicates: _builtins.int
     batches: _builtins.int
