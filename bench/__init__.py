@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench.ingest`` (see bench/README.md)."""
