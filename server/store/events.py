@@ -238,7 +238,9 @@ async def write_batch(
             copy.set_types(STAGING_TYPES)
             for row in rows:
                 await copy.write_row(row)
-        await cur.execute(FLUSH)
+        # Planned afresh each time: a cached plan, made while the tables were
+        # small, would keep scanning campaign_sessions whole as it grows.
+        await cur.execute(FLUSH, prepare=False)
         inserted = await cur.fetchone()
         if inserted is not None and inserted[0] == len(rows):
             return []
