@@ -113,15 +113,20 @@ WITH inserted AS (
 ), session_events AS (
     -- Sessions seen in this batch, but for those already known to have two
     -- or more events: nothing about them can change any more.
-    SELECT * FROM (
+    -- (A lateral probe with LIMIT keeps this an index lookup per session
+    -- whatever the planner thinks of the table's size.)
+    SELECT seen.* FROM (
         SELECT organization_id, campaign_id, session_id,
                min(occurred_at) AS first_event_at, count(*) AS events
         FROM inserted WHERE session_id IS NOT NULL GROUP BY 1, 2, 3
     ) seen
-    WHERE NOT EXISTS (
-        SELECT 1 FROM campaign_sessions k
+    LEFT JOIN LATERAL (
+        SELECT k.event_count FROM campaign_sessions k
         WHERE k.organization_id = seen.organization_id AND k.campaign_id = seen.campaign_id
-          AND k.session_id = seen.session_id AND k.event_count >= 2)
+          AND k.session_id = seen.session_id
+        LIMIT 1
+    ) known ON true
+    WHERE known.event_count IS DISTINCT FROM 2
 ), sessions AS (
     INSERT INTO campaign_sessions AS s (
         organization_id, campaign_id, session_id, first_event_at, event_count)
@@ -238,9 +243,7 @@ async def write_batch(
             copy.set_types(STAGING_TYPES)
             for row in rows:
                 await copy.write_row(row)
-        # Planned afresh each time: a cached plan, made while the tables were
-        # small, would keep scanning campaign_sessions whole as it grows.
-        await cur.execute(FLUSH, prepare=False)
+        await cur.execute(FLUSH)
         inserted = await cur.fetchone()
         if inserted is not None and inserted[0] == len(rows):
             return []
