@@ -134,16 +134,15 @@ WITH inserted AS (
     FROM session_events ORDER BY 1, 2, 3
     ON CONFLICT (organization_id, campaign_id, session_id) DO UPDATE SET event_count = 2
     WHERE s.event_count < 2
-    RETURNING organization_id, campaign_id, session_id, first_event_at, xmax = 0 AS created
+    RETURNING organization_id, campaign_id, first_event_at, event_count, xmax = 0 AS created
 ), session_changes AS (
     -- A new session counts where its first event falls, as a bounce while it
     -- has one event; a known one-event session stops being a bounce.
-    SELECT s.organization_id, s.campaign_id, date_trunc('second', s.first_event_at) AS bucket,
-           count(*) FILTER (WHERE s.created) AS sessions,
-           count(*) FILTER (WHERE s.created AND e.events = 1)
-             - count(*) FILTER (WHERE NOT s.created) AS bounced_sessions
-    FROM sessions s JOIN session_events e USING (organization_id, campaign_id, session_id)
-    GROUP BY 1, 2, 3
+    SELECT organization_id, campaign_id, date_trunc('second', first_event_at) AS bucket,
+           count(*) FILTER (WHERE created) AS sessions,
+           count(*) FILTER (WHERE created AND event_count = 1)
+             - count(*) FILTER (WHERE NOT created) AS bounced_sessions
+    FROM sessions GROUP BY 1, 2, 3
 ), rollups AS (
     INSERT INTO campaign_rollups AS r (
         organization_id, campaign_id, bucket, {", ".join(_ROLLUP_SUMS)})
