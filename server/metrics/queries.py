@@ -10,23 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.metrics.formulas import Totals
 from server.metrics.window import Window
+from server.store.schema import ROLLUP_SUMS
 from server.store.schema import campaign_rollups as r
 
-_SUMMED = (
-    "impressions",
-    "clicks",
-    "conversions",
-    "views",
-    "engagements",
-    "completions",
-    "skips",
-    "spent_micros",
-    "conversion_value_micros",
-    "view_time_sum",
-    "view_time_count",
-    "sessions",
-    "bounced_sessions",
-)
 TREND_POINTS = 60
 
 
@@ -39,7 +25,7 @@ async def campaign_totals(
     """Totals per campaign with events in the window (all campaigns of the
     organization, or only ``campaign_ids``). Sessions count where their first
     event falls."""
-    rollups = select(r.c.campaign_id, *(func.sum(r.c[name]) for name in _SUMMED)).where(
+    rollups = select(r.c.campaign_id, *(func.sum(r.c[name]) for name in ROLLUP_SUMS)).where(
         r.c.organization_id == organization_id,
         r.c.bucket.between(window.first_bucket, window.last_bucket),
     )
@@ -48,9 +34,9 @@ async def campaign_totals(
 
     totals: dict[str, Totals] = {}
     for campaign_id, *sums in await conn.execute(rollups.group_by(r.c.campaign_id)):
-        values = dict(zip(_SUMMED, sums, strict=True))
+        values = dict(zip(ROLLUP_SUMS, sums, strict=True))
         totals[campaign_id] = Totals(
-            **{name: int(values[name]) for name in _SUMMED if name != "view_time_sum"},
+            **{name: int(values[name]) for name in ROLLUP_SUMS if name != "view_time_sum"},
             view_time_sum=float(values["view_time_sum"]),
         )
     return totals

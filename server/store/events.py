@@ -21,6 +21,8 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg.types.json import set_json_dumps
 
+from server.store.schema import COUNTERS, ROLLUP_SUMS
+
 # The columns of a staged event, in order: what the ingest path hands the writer.
 STAGING_COLUMNS = (
     "organization_id",
@@ -64,18 +66,8 @@ ON COMMIT DELETE ROWS
 
 COPY_STAGING = f"COPY staging_events ({', '.join(STAGING_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 
-_COUNTERS = ("impressions", "clicks", "conversions", "views", "engagements", "completions", "skips")
-_ROLLUP_SUMS = (
-    *_COUNTERS,
-    "spent_micros",
-    "conversion_value_micros",
-    "view_time_sum",
-    "view_time_count",
-    "sessions",
-    "bounced_sessions",
-)
 _COUNTS_AS = ",\n            ".join(
-    f"count(*) FILTER (WHERE event_type = {n}) AS {c}" for n, c in enumerate(_COUNTERS, 1)
+    f"count(*) FILTER (WHERE event_type = {n}) AS {c}" for n, c in enumerate(COUNTERS, 1)
 )
 
 
@@ -145,8 +137,8 @@ WITH inserted AS (
     FROM sessions GROUP BY 1, 2, 3
 ), rollups AS (
     INSERT INTO campaign_rollups AS r (
-        organization_id, campaign_id, bucket, {", ".join(_ROLLUP_SUMS)})
-    SELECT organization_id, campaign_id, bucket, {", ".join(f"sum({c})" for c in _ROLLUP_SUMS)}
+        organization_id, campaign_id, bucket, {", ".join(ROLLUP_SUMS)})
+    SELECT organization_id, campaign_id, bucket, {", ".join(f"sum({c})" for c in ROLLUP_SUMS)}
     FROM (
         SELECT *, 0 AS sessions, 0 AS bounced_sessions FROM per_second
         UNION ALL
@@ -156,10 +148,10 @@ WITH inserted AS (
     ) changes
     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
     ON CONFLICT (organization_id, campaign_id, bucket) DO UPDATE SET
-        {_add("r", _ROLLUP_SUMS)}
+        {_add("r", ROLLUP_SUMS)}
 ), daily AS (
     INSERT INTO {_CA} AS ca (
-        organization_id, campaign_id, date, {", ".join(_COUNTERS)}, spent, conversion_value,
+        organization_id, campaign_id, date, {", ".join(COUNTERS)}, spent, conversion_value,
         ctr, conversion_rate, cpc, cpa, engagement_rate, completion_rate, skip_rate, updated_at)
     SELECT g.*,
         {_first("clicks", "impressions", " * 100.0")},
@@ -172,14 +164,14 @@ WITH inserted AS (
         now()
     FROM (
         SELECT organization_id, campaign_id, (bucket AT TIME ZONE 'UTC')::date AS date,
-            {", ".join(f"sum({c}) AS {c}" for c in _COUNTERS)},
+            {", ".join(f"sum({c}) AS {c}" for c in COUNTERS)},
             sum(spent_micros) / 1000000.0 AS spent,
             sum(conversion_value_micros) / 1000000.0 AS conversion_value
         FROM per_second GROUP BY 1, 2, 3
     ) g
     ORDER BY 1, 2, 3
     ON CONFLICT (organization_id, campaign_id, date) DO UPDATE SET
-        {_add("ca", (*_COUNTERS, "spent", "conversion_value"))},
+        {_add("ca", (*COUNTERS, "spent", "conversion_value"))},
         ctr = {_ratio("ca", "clicks", "impressions", " * 100.0")},
         conversion_rate = {_ratio("ca", "conversions", "clicks", " * 100.0")},
         cpc = {_ratio("ca", "spent", "clicks")},

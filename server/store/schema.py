@@ -69,7 +69,18 @@ events = Table(
     Column("metadata", JSONB),
 )
 
-_COUNTERS = ("impressions", "clicks", "conversions", "views", "engagements", "completions", "skips")
+# Event counts per type, in the order of the event type numbers (1 to 7).
+COUNTERS = ("impressions", "clicks", "conversions", "views", "engagements", "completions", "skips")
+# What a per-second rollup row sums.
+ROLLUP_SUMS = (
+    *COUNTERS,
+    "spent_micros",
+    "conversion_value_micros",
+    "view_time_sum",
+    "view_time_count",
+    "sessions",
+    "bounced_sessions",
+)
 
 # Per-second totals of each campaign: window queries sum these.
 campaign_rollups = Table(
@@ -78,7 +89,7 @@ campaign_rollups = Table(
     Column("organization_id", Text, primary_key=True),
     Column("campaign_id", Text, primary_key=True),
     Column("bucket", DateTime(timezone=True), primary_key=True),
-    *(Column(name, BigInteger, nullable=False) for name in _COUNTERS),
+    *(Column(name, BigInteger, nullable=False) for name in COUNTERS),
     Column("spent_micros", BigInteger, nullable=False),
     Column("conversion_value_micros", BigInteger, nullable=False),
     Column("view_time_sum", Float, nullable=False),
@@ -95,7 +106,7 @@ campaign_analytics = Table(
     Column("organization_id", Text, primary_key=True),
     Column("campaign_id", Text, primary_key=True),
     Column("date", Date, primary_key=True),
-    *(Column(name, BigInteger, nullable=False) for name in _COUNTERS),
+    *(Column(name, BigInteger, nullable=False) for name in COUNTERS),
     Column("spent", Numeric(20, 6), nullable=False),
     Column("conversion_value", Numeric(20, 6), nullable=False),
     Column("ctr", Float, nullable=False),
