@@ -98,8 +98,6 @@ class BatchWriter:
         self._in_flight_events = 0
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._closing = False
         self._conns: dict[int, psycopg.AsyncConnection[Any]] = {}
         self._worker: asyncio.Task[None] | None = None
@@ -179,7 +177,6 @@ class BatchWriter:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append(_Submission(rows, done))
         self._pending_events += len(rows)
-        self._idle.clear()
         if wait or self._pending_events >= self.flush_threshold:
             self._wake.set()
         if not wait:
@@ -193,11 +190,6 @@ class BatchWriter:
         flushed = self._flushed
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(flushed.wait(), timeout)
-
-    async def drain(self) -> None:
-        """Waits until everything submitted so far is committed."""
-        self._wake.set()
-        await self._idle.wait()
 
     # -- the worker ----------------------------------------------------------
 
@@ -220,10 +212,8 @@ class BatchWriter:
                 task.add_done_callback(functools.partial(finished, slot=slot))
                 self._flushes.add(task)
                 continue
-            if not self._pending and not self._flushes:
-                self._idle.set()
-                if self._closing:
-                    return
+            if self._closing and not self._pending and not self._flushes:
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval)
             self._wake.clear()
