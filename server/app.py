@@ -25,9 +25,12 @@ from server.metrics.reader import MetricsReader
 from server.services.campaigns import CampaignServicer
 from server.services.ingest import IngestServicer
 from server.services.metrics import MetricsServicer
+from server.services.subscriptions import SubscriptionServicer
 from server.settings import ServerSettings
 from server.store import migrate
 from server.store.database import libpq_url, sqlalchemy_url
+from server.updates.hub import UpdateHub
+from server.updates.publisher import UpdatePublisher
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ class Components:
     writer: BatchWriter
     pipeline: IngestPipeline
     reader: MetricsReader
+    hub: UpdateHub
+    publisher: UpdatePublisher
 
 
 class AnalyticsServer:
@@ -86,8 +91,17 @@ class AnalyticsServer:
             payload_of=codec.event_payload,
         )
         reader = MetricsReader(engine)
-        self.components = Components(engine, keys, writer, pipeline, reader)
+        hub = UpdateHub(s.max_queue_size, s.subscription_idle_seconds)
+        publisher = UpdatePublisher(
+            hub,
+            reader,
+            libpq_url(self.database_url),
+            min_interval=s.update_interval_ms / 1000,
+            sweep_interval=min(30.0, s.subscription_idle_seconds / 2),
+        )
+        self.components = Components(engine, keys, writer, pipeline, reader, hub, publisher)
         await writer.start()
+        await publisher.start()
 
         server = grpc.aio.server(
             options=[
@@ -101,6 +115,9 @@ class AnalyticsServer:
             MetricsServicer(keys, reader, campaigns, pipeline), server
         )
         pb.add_CampaignServiceServicer_to_server(CampaignServicer(keys, engine, campaigns), server)
+        pb.add_SubscriptionServiceServicer_to_server(
+            SubscriptionServicer(keys, hub, campaigns, reader, s.heartbeat_seconds), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*pb.SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -127,6 +144,10 @@ class AnalyticsServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._monitor
         await self._health.enter_graceful_shutdown()
+        if self.components is not None:
+            # Update streams end now, cleanly, rather than at the grace's end.
+            await self.components.publisher.stop()
+            self.components.hub.close_all()
         if self._server is not None:
             await self._server.stop(grace)
         drained = True

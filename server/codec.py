@@ -16,6 +16,7 @@ from server.ingest.validation import IncomingEvent, truncate_ip
 from server.ingest.writer import WriterStats
 from server.metrics.formulas import MICROS, CampaignMetrics
 from server.metrics.reader import Dashboard
+from server.updates.hub import Subscription, Update
 
 # EventMetadata's string fields, with the JSON (camelCase) key kept in storage.
 _METADATA_TEXT = (
@@ -215,28 +216,11 @@ def encode_metrics(m: CampaignMetrics) -> pb.RealTimeMetrics:
 
 def encode_dashboard(organization_id: str, d: Dashboard) -> pb.GetDashboardResponse:
     s = d.summary
-    t = s.totals
     return pb.GetDashboardResponse(
         success=True,
         organization_id=organization_id,
         time_window=s.time_window,
-        summary=pb.DashboardSummary(
-            total_impressions=t.impressions,
-            total_clicks=t.clicks,
-            total_conversions=t.conversions,
-            total_spent=s.total_spent,
-            active_campaigns=d.active_campaigns,
-            overall_ctr=s.ctr,
-            overall_conversion_rate=s.conversion_rate,
-            overall_cpc=s.cpc,
-            overall_cpa=s.cpa,
-            average_view_time=s.average_view_time,
-            total_conversion_value=s.conversion_value,
-            total_ad_playbacks=t.views,
-            overall_completion_rate=s.completion_rate,
-            overall_skip_rate=s.skip_rate,
-            overall_engagement_rate=s.engagement_rate,
-        ),
+        summary=encode_summary(s, d.active_campaigns),
         top_campaigns=[
             pb.TopCampaign(
                 campaign_id=c.campaign_id,
@@ -299,4 +283,51 @@ def encode_campaign(record: CampaignRecord) -> pb.Campaign:
         organization_id=record.organization_id,
         name=record.name,
         create_time=timestamp(record.created_at),
+    )
+
+
+def encode_summary(s: CampaignMetrics, active_campaigns: int = 0) -> pb.DashboardSummary:
+    t = s.totals
+    return pb.DashboardSummary(
+        total_impressions=t.impressions,
+        total_clicks=t.clicks,
+        total_conversions=t.conversions,
+        total_spent=s.total_spent,
+        active_campaigns=active_campaigns,
+        overall_ctr=s.ctr,
+        overall_conversion_rate=s.conversion_rate,
+        overall_cpc=s.cpc,
+        overall_cpa=s.cpa,
+        average_view_time=s.average_view_time,
+        total_conversion_value=s.conversion_value,
+        total_ad_playbacks=t.views,
+        overall_completion_rate=s.completion_rate,
+        overall_skip_rate=s.skip_rate,
+        overall_engagement_rate=s.engagement_rate,
+    )
+
+
+def encode_update(update: Update) -> pb.AnalyticsUpdate:
+    return pb.AnalyticsUpdate(
+        type=pb.UpdateType.UPDATE_TYPE_METRICS,
+        data=pb.MetricsUpdate(
+            campaign_id=update.campaign_id,
+            metrics=encode_metrics(update.metrics),
+            summary=encode_summary(update.summary),
+        ),
+        timestamp=timestamp(update.published_at),
+        organization_id=update.organization_id,
+        campaign_id=update.campaign_id,
+        sequence=update.sequence,
+    )
+
+
+def encode_subscription(subscription: Subscription) -> pb.Subscription:
+    return pb.Subscription(
+        id=subscription.id,
+        organization_id=subscription.organization_id,
+        campaign_ids=sorted(subscription.campaign_ids or ()),
+        active=not subscription.closed,
+        create_time=timestamp(subscription.created_at),
+        time_window=subscription.time_window,
     )

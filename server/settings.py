@@ -29,6 +29,14 @@ class ServerSettings(BaseSettings):
     max_future_seconds: int = Field(24 * 3600, description="How far ahead a timestamp may be.")
     max_age_seconds: int = Field(30 * 24 * 3600, description="How old a timestamp may be.")
     key_cache_seconds: float = Field(5.0, ge=0, description="How long a checked key is trusted.")
+    max_queue_size: int = Field(100, ge=1, description="Most updates queued per subscription.")
+    update_interval_ms: int = Field(
+        250, ge=0, description="Least time between two updates of one campaign."
+    )
+    subscription_idle_seconds: float = Field(
+        1800.0, gt=0, description="Subscriptions unread this long are removed."
+    )
+    heartbeat_seconds: float = Field(15.0, gt=0, description="Heartbeat of idle update streams.")
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="Drain time on SIGTERM.")
     migrate: bool = Field(True, description="Apply database migrations at start-up.")
 

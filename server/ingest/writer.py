@@ -24,7 +24,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import chain
@@ -38,10 +38,6 @@ from server.store import events as event_store
 from server.store.events import EventRow
 
 log = logging.getLogger(__name__)
-
-# Called after each commit with the (organization_id, campaign_id) pairs whose
-# numbers changed.
-CommitListener = Callable[[set[tuple[str, str]]], None]
 
 
 @dataclass(slots=True)
@@ -84,7 +80,6 @@ class BatchWriter:
         capacity: int = 100_000,
         max_flush_events: int = 20_000,
         connections: int = 2,
-        on_commit: CommitListener | None = None,
     ) -> None:
         self._url = database_url
         self.flush_threshold = flush_threshold
@@ -92,7 +87,6 @@ class BatchWriter:
         self.capacity = capacity
         self.max_flush_events = max_flush_events
         self.connections = connections
-        self._listeners: list[CommitListener] = [on_commit] if on_commit else []
         self._pending: list[_Submission] = []
         self._pending_events = 0
         self._in_flight_events = 0
@@ -118,9 +112,6 @@ class BatchWriter:
     @property
     def degraded(self) -> bool:
         return bool(self.stats.degraded_reason)
-
-    def add_commit_listener(self, listener: CommitListener) -> None:
-        self._listeners.append(listener)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -280,10 +271,6 @@ class BatchWriter:
             duplicates += count
             if not submission.done.done():
                 submission.done.set_result(count)
-        if already:
-            touched = {(r[0], r[2]) for r in rows if (r[0], r[1]) not in already}
-        else:
-            touched = {(r[0], r[2]) for r in rows}
 
         stats = self.stats
         stats.events_accepted += total - duplicates
@@ -292,12 +279,6 @@ class BatchWriter:
         stats.last_flush = datetime.now(UTC)
         stats.last_flush_events = len(rows)
         stats.last_flush_duration_ms = (time.perf_counter() - started) * 1000
-        if touched:
-            for listener in self._listeners:
-                try:
-                    listener(touched)
-                except Exception:
-                    log.exception("commit listener failed")
 
     async def _write_apart(self, slot: int, batch: list[_Submission], exc: BaseException) -> None:
         """PostgreSQL refused the batch for its content, not for a fault: each

@@ -40,22 +40,36 @@ class MetricsReader:
             totals = await queries.campaign_totals(conn, organization_id, window)
         return _per_campaign(organization_id, window, totals)
 
+    async def organization_with_summary(
+        self, organization_id: str, window: Window
+    ) -> tuple[list[CampaignMetrics], CampaignMetrics]:
+        """Each active campaign's metrics, and the organization's totals."""
+        campaigns = await self.organization(organization_id, window)
+        return campaigns, summarize(organization_id, window, campaigns)
+
     async def dashboard(self, organization_id: str, window: Window) -> Dashboard:
         async with self._engine.connect() as conn:
             totals = await queries.campaign_totals(conn, organization_id, window)
             trend = await queries.trend(conn, organization_id, window)
         campaigns = _per_campaign(organization_id, window, totals)
-        summed = Totals()
-        for campaign in campaigns:
-            summed += campaign.totals
         top = sorted(campaigns, key=lambda m: (-m.totals.impressions, m.campaign_id))
         return Dashboard(
-            summary=_metrics(organization_id, "", window, summed),
+            summary=summarize(organization_id, window, campaigns),
             active_campaigns=len(campaigns),
             top_campaigns=top[:TOP_CAMPAIGNS],
             trend=trend,
             campaigns=campaigns,
         )
+
+
+def summarize(
+    organization_id: str, window: Window, campaigns: list[CampaignMetrics]
+) -> CampaignMetrics:
+    """The organization's totals: the campaigns' summed (campaign_id empty)."""
+    summed = Totals()
+    for campaign in campaigns:
+        summed += campaign.totals
+    return _metrics(organization_id, "", window, summed)
 
 
 def _metrics(

@@ -38,37 +38,40 @@ Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
 def reports_errors(handler: Handler) -> Handler:
-    """Turns ``ServiceError`` into the matching gRPC status (with a
-    ``retry-after`` trailer where a retry is expected) and hides internal
-    errors behind INTERNAL."""
+    """Ends a call that raised with the status its error calls for (see ``abort``)."""
 
     @functools.wraps(handler)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await handler(self, request, context)
-        except errors.ServiceError as exc:
-            code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL)
-            trailers: tuple[tuple[str, str], ...] = ()
-            retry_after = getattr(exc, "retry_after", None)
-            if retry_after is not None:
-                trailers = (("retry-after", str(max(1, round(retry_after)))),)
-            await context.abort(code, exc.message, trailing_metadata=trailers)
         except grpc.aio.AbortError:
             raise
-        except DATABASE_UNREACHABLE as exc:
-            log.warning("%s: PostgreSQL unreachable: %s", handler.__name__, exc)
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                "the database is unreachable; retry shortly",
-                trailing_metadata=(("retry-after", "1"),),
-            )
-        except Exception:
-            log.exception("%s failed", handler.__name__)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal error; the server logged the cause"
-            )
+        except Exception as exc:
+            await abort(context, exc, handler.__name__)
 
     return wrapper  # type: ignore[return-value]
+
+
+async def abort(context: grpc.aio.ServicerContext, exc: Exception, call: str) -> None:
+    """Turns ``ServiceError`` into the matching gRPC status (with a
+    ``retry-after`` trailer where a retry is expected), an unreachable
+    database into UNAVAILABLE, and hides anything else behind INTERNAL."""
+    if isinstance(exc, errors.ServiceError):
+        code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL)
+        trailers: tuple[tuple[str, str], ...] = ()
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            trailers = (("retry-after", str(max(1, round(retry_after)))),)
+        await context.abort(code, exc.message, trailing_metadata=trailers)
+    if isinstance(exc, DATABASE_UNREACHABLE):
+        log.warning("%s: PostgreSQL unreachable: %s", call, exc)
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            "the database is unreachable; retry shortly",
+            trailing_metadata=(("retry-after", "1"),),
+        )
+    log.error("%s failed", call, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged the cause")
 
 
 class Authenticated:

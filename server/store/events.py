@@ -224,19 +224,49 @@ async def prepare(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.commit()
 
 
+# The NOTIFY channel on which each commit names the campaigns it changed.
+UPDATES_CHANNEL = "campaign_analytics_updates"
+_NOTIFY_LIMIT = 7_900  # bytes; PostgreSQL refuses payloads of 8,000 or more
+
+
+def update_notices(rows: Sequence[EventRow]) -> list[str]:
+    """NOTIFY payloads naming the (organization, campaign) pairs of ``rows``:
+    one ``organization_id<TAB>campaign_id`` line each (ids hold no tabs or
+    newlines), split to fit PostgreSQL's payload limit."""
+    payloads: list[str] = []
+    lines: list[str] = []
+    size = 0
+    for line in sorted({f"{row[0]}\t{row[2]}" for row in rows}):
+        length = len(line.encode()) + 1
+        if lines and size + length > _NOTIFY_LIMIT:
+            payloads.append("\n".join(lines))
+            lines, size = [], 0
+        lines.append(line)
+        size += length
+    if lines:
+        payloads.append("\n".join(lines))
+    return payloads
+
+
 async def write_batch(
     conn: psycopg.AsyncConnection[Any], rows: Sequence[EventRow]
 ) -> list[tuple[str, bytes]]:
     """Commits ``rows`` (event ids unique within the batch); returns the
-    (organization_id, event_id) of rows that were already stored."""
+    (organization_id, event_id) of rows that were already stored. The commit
+    notifies ``UPDATES_CHANNEL`` of the campaigns it changed."""
     async with conn.transaction(), conn.cursor() as cur:
         async with cur.copy(COPY_STAGING) as copy:
             copy.set_types(STAGING_TYPES)
             for row in rows:
                 await copy.write_row(row)
         await cur.execute(FLUSH)
-        inserted = await cur.fetchone()
-        if inserted is not None and inserted[0] == len(rows):
+        counted = await cur.fetchone()
+        inserted = counted[0] if counted is not None else 0
+        if inserted:
+            # Delivered with the commit, to every server process listening.
+            for payload in update_notices(rows):
+                await cur.execute("SELECT pg_notify(%s, %s)", (UPDATES_CHANNEL, payload))
+        if inserted == len(rows):
             return []
         await cur.execute(DUPLICATES)
         duplicates = await cur.fetchall()

@@ -1,0 +1,170 @@
+"""SubscriptionService: subscriptions, polling and pushed updates."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import grpc
+
+from clients import pb
+from server import codec
+from server.auth import KeyStore
+from server.domain import Role
+from server.errors import InvalidArgument, NotFound, PermissionDenied
+from server.ingest.campaigns import CampaignDirectory
+from server.metrics.reader import MetricsReader
+from server.metrics.window import Window
+from server.services.common import Authenticated, abort, reports_errors, same_organization
+from server.updates.hub import Subscription, Update, UpdateHub
+
+
+class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
+    def __init__(
+        self,
+        keys: KeyStore,
+        hub: UpdateHub,
+        campaigns: CampaignDirectory,
+        reader: MetricsReader,
+        heartbeat_interval: float = 15.0,
+    ) -> None:
+        super().__init__(keys)
+        self._hub = hub
+        self._campaigns = campaigns
+        self._reader = reader
+        self.heartbeat_interval = heartbeat_interval
+
+    async def _followed(self, organization_id: str, campaign_ids: list[str]) -> list[str]:
+        """The campaign ids, each checked to be the organization's."""
+        owners = await self._campaigns.owners(campaign_ids)
+        for campaign_id, owner in owners.items():
+            if owner is None:
+                raise NotFound(f"campaign {campaign_id!r} does not exist")
+            if owner != organization_id:
+                raise PermissionDenied(f"campaign {campaign_id!r} belongs to another organization")
+        return campaign_ids
+
+    @reports_errors
+    async def CreateSubscription(
+        self, request: pb.CreateSubscriptionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateSubscriptionResponse:
+        principal = await self.caller(context, Role.READ)
+        if not request.organization_id:
+            raise InvalidArgument("organizationId is required")
+        organization_id = same_organization(principal, request.organization_id)
+        campaign_ids = await self._followed(organization_id, list(request.campaign_ids))
+        window = Window.ending_now(request.time_window)
+        subscription = self._hub.create(
+            organization_id, campaign_ids, window.seconds, datetime.now(UTC)
+        )
+        return pb.CreateSubscriptionResponse(
+            success=True,
+            subscription=codec.encode_subscription(subscription),
+            timestamp=codec.now_timestamp(),
+        )
+
+    @reports_errors
+    async def DeleteSubscription(
+        self, request: pb.DeleteSubscriptionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteSubscriptionResponse:
+        principal = await self.caller(context, Role.READ)
+        subscription = self._subscription(request.subscription_id, principal.organization_id)
+        self._hub.remove(subscription)
+        return pb.DeleteSubscriptionResponse(
+            success=True,
+            message="Subscription removed",
+            subscription_id=subscription.id,
+            timestamp=codec.now_timestamp(),
+        )
+
+    @reports_errors
+    async def GetUpdates(
+        self, request: pb.GetUpdatesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetUpdatesResponse:
+        principal = await self.caller(context, Role.READ)
+        subscription = self._subscription(request.subscription_id, principal.organization_id)
+        updates = [codec.encode_update(u) for u in subscription.drain()]
+        return pb.GetUpdatesResponse(
+            success=True,
+            subscription_id=subscription.id,
+            updates=updates,
+            count=len(updates),
+            timestamp=codec.now_timestamp(),
+        )
+
+    async def StreamUpdates(
+        self, request: pb.StreamUpdatesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamUpdatesResponse]:
+        try:
+            subscription, own = await self._stream_subscription(request, context)
+        except Exception as exc:
+            await abort(context, exc, "StreamUpdates")
+            return
+        subscription.readers += 1
+        try:
+            if request.resume:
+                for update in await self._snapshots(subscription):
+                    yield pb.StreamUpdatesResponse(update=codec.encode_update(update))
+            while not subscription.closed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(subscription.changed.wait(), self.heartbeat_interval)
+                if subscription.closed:
+                    break
+                updates = subscription.drain()
+                if not updates:
+                    yield pb.StreamUpdatesResponse(
+                        heartbeat=pb.Heartbeat(timestamp=codec.now_timestamp())
+                    )
+                for update in updates:
+                    yield pb.StreamUpdatesResponse(update=codec.encode_update(update))
+        finally:
+            subscription.readers -= 1
+            subscription.touch()
+            if own:
+                self._hub.remove(subscription)
+
+    @reports_errors
+    async def GetSubscriptionStats(
+        self, request: pb.GetSubscriptionStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSubscriptionStatsResponse:
+        principal = await self.caller(context, Role.READ)
+        active, queued, by_organization = self._hub.stats(principal.organization_id)
+        return pb.GetSubscriptionStatsResponse(
+            active_subscriptions=active,
+            total_queued_updates=queued,
+            subscriptions_by_organization=by_organization,
+        )
+
+    def _subscription(self, subscription_id: str, organization_id: str) -> Subscription:
+        if not subscription_id:
+            raise InvalidArgument("subscriptionId is required")
+        return self._hub.get(subscription_id, organization_id)
+
+    async def _stream_subscription(
+        self, request: pb.StreamUpdatesRequest, context: grpc.aio.ServicerContext
+    ) -> tuple[Subscription, bool]:
+        """The subscription to stream, and whether the stream owns it (an
+        inline one, removed when the stream ends)."""
+        principal = await self.caller(context, Role.READ)
+        if request.subscription_id:
+            return self._subscription(request.subscription_id, principal.organization_id), False
+        organization_id = same_organization(principal, request.organization_id)
+        campaign_ids = await self._followed(organization_id, list(request.campaign_ids))
+        window = Window.ending_now(request.time_window)
+        subscription = self._hub.create(
+            organization_id, campaign_ids, window.seconds, datetime.now(UTC), listed=False
+        )
+        return subscription, True
+
+    async def _snapshots(self, subscription: Subscription) -> list[Update]:
+        """The current numbers of every followed campaign active in the window."""
+        window = Window.ending_now(subscription.time_window)
+        metrics, summary = await self._reader.organization_with_summary(
+            subscription.organization_id, window
+        )
+        now = datetime.now(UTC)
+        return [
+            Update(self._hub.next_sequence(), m.organization_id, m.campaign_id, m, summary, now)
+            for m in metrics
+            if subscription.follows(m.campaign_id)
+        ]

@@ -1,0 +1,3 @@
+"""Live updates: subscriptions, their coalescing queues, and the publisher
+that turns commits (from any server process, via PostgreSQL NOTIFY) into
+fresh metrics snapshots."""

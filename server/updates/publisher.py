@@ -1,0 +1,148 @@
+"""From commits to updates.
+
+Every flush sends, inside its transaction, a NOTIFY naming the campaigns it
+changed (``server.store.events``), so every server process on the database
+learns of every commit, its own or another's. The publisher of each process
+LISTENs, and for the changed campaigns that someone here follows reads fresh
+metrics and hands them to the hub: at most one snapshot per campaign every
+``min_interval`` seconds, the newest numbers always.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import psycopg
+
+from server.metrics.reader import MetricsReader
+from server.metrics.window import Window
+from server.store.events import UPDATES_CHANNEL
+from server.updates.hub import Update, UpdateHub
+
+log = logging.getLogger(__name__)
+
+Campaign = tuple[str, str]  # (organization_id, campaign_id)
+
+
+class UpdatePublisher:
+    def __init__(
+        self,
+        hub: UpdateHub,
+        reader: MetricsReader,
+        database_url: str,
+        *,
+        min_interval: float = 0.25,
+        sweep_interval: float = 30.0,
+    ) -> None:
+        self._hub = hub
+        self._reader = reader
+        self._url = database_url
+        self.min_interval = min_interval
+        self.sweep_interval = sweep_interval
+        self._dirty: dict[Campaign, None] = {}  # an ordered set
+        self._next_allowed: dict[Campaign, float] = {}
+        self._wake = asyncio.Event()
+        self.listening = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Starts listening; returns once LISTEN is in place (or failed once)."""
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="updates-listen"),
+            asyncio.create_task(self._publish(), name="updates-publish"),
+            asyncio.create_task(self._sweep(), name="updates-sweep"),
+        ]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.listening.wait(), 10)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def mark(self, campaigns: Iterable[Campaign]) -> None:
+        """Notes campaigns whose numbers changed."""
+        for campaign in campaigns:
+            self._dirty[campaign] = None
+        self._wake.set()
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True
+                ) as conn:
+                    await conn.execute(f"LISTEN {UPDATES_CHANNEL}")
+                    self.listening.set()
+                    delay = 0.1
+                    async for note in conn.notifies():
+                        self.mark(_parse(note.payload))
+            except (psycopg.Error, OSError) as exc:
+                self.listening.clear()
+                log.warning("live updates paused, PostgreSQL unreachable: %s", exc)
+                await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+
+    async def _publish(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._dirty:
+                now = loop.time()
+                ready = [c for c in self._dirty if self._next_allowed.get(c, 0.0) <= now]
+                if not ready:
+                    # Rate limit: wait for the first campaign allowed again,
+                    # or for news.
+                    first = min(self._next_allowed[c] for c in self._dirty)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), first - now)
+                    self._wake.clear()
+                    continue
+                for campaign in ready:
+                    del self._dirty[campaign]
+                    self._next_allowed[campaign] = now + self.min_interval
+                try:
+                    await self._publish_now(ready)
+                except Exception:
+                    log.exception("publishing live updates failed")
+
+    async def _publish_now(self, campaigns: list[Campaign]) -> None:
+        wanted: dict[tuple[str, int], set[str]] = defaultdict(set)
+        for organization_id, campaign_id in campaigns:
+            for seconds in self._hub.windows(organization_id, campaign_id):
+                wanted[organization_id, seconds].add(campaign_id)
+        for (organization_id, seconds), campaign_ids in wanted.items():
+            window = Window.ending_now(seconds)
+            metrics, summary = await self._reader.organization_with_summary(organization_id, window)
+            now = datetime.now(UTC)
+            for m in metrics:
+                if m.campaign_id in campaign_ids:
+                    update = Update(
+                        self._hub.next_sequence(), organization_id, m.campaign_id, m, summary, now
+                    )
+                    self._hub.publish(update, seconds)
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            removed = self._hub.sweep()
+            if removed:
+                log.info("removed %d idle subscriptions", removed)
+            cutoff = loop.time() - 10 * self.min_interval
+            for campaign in [c for c, t in self._next_allowed.items() if t < cutoff]:
+                del self._next_allowed[campaign]
+
+
+def _parse(payload: str) -> list[Campaign]:
+    campaigns = []
+    for line in payload.splitlines():
+        organization_id, _, campaign_id = line.partition("\t")
+        if campaign_id:
+            campaigns.append((organization_id, campaign_id))
+    return campaigns
