@@ -10,13 +10,19 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 from pydantic.json_schema import models_json_schema
 
-from clients.pb import CampaignServiceStub, IngestServiceStub, MetricsServiceStub
+from clients.pb import (
+    CampaignServiceStub,
+    IngestServiceStub,
+    MetricsServiceStub,
+    SubscriptionServiceStub,
+)
 from gateway.deps import Stubs
 from gateway.errors import install_error_handlers
 from gateway.models import REQUEST_MODELS
 from gateway.responses import JsonResponse
-from gateway.routes import campaigns, ingest, metrics
+from gateway.routes import campaigns, ingest, metrics, subscriptions
 from gateway.settings import GatewaySettings
+from gateway.updates import UpdateStreams
 
 __all__ = ["create_app"]
 
@@ -46,10 +52,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             ingest=IngestServiceStub(channel),
             metrics=MetricsServiceStub(channel),
             campaigns=CampaignServiceStub(channel),
+            subscriptions=SubscriptionServiceStub(channel),
         )
         try:
             yield
         finally:
+            await app.state.update_streams.close()
             app.state.stubs = None
             await channel.close()
 
@@ -64,8 +72,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.stubs = None
+    app.state.update_streams = UpdateStreams(
+        lambda: app.state.stubs.subscriptions if app.state.stubs is not None else None
+    )
     install_error_handlers(app)
-    for module in (ingest, metrics, campaigns):
+    for module in (ingest, metrics, campaigns, subscriptions):
         app.include_router(module.router)
     app.openapi = _with_request_models(app.openapi)  # type: ignore[method-assign]
     return app

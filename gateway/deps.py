@@ -1,6 +1,6 @@
 """Dependencies of the routes, as ``Annotated`` aliases.
 
-- ``IngestStub``, ``MetricsStub``, ``CampaignStub``: the gRPC stubs on the one
+- ``IngestStub``, ``MetricsStub``, ``CampaignStub``, ``SubscriptionStub``: the gRPC stubs on the one
   channel the app opened at start-up.
 - ``Call``: the caller's ``authorization`` header, forwarded as gRPC metadata,
   and the call's deadline.
@@ -15,7 +15,12 @@ from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPBearer
 from grpc import StatusCode
 
-from clients.pb import CampaignServiceStub, IngestServiceStub, MetricsServiceStub
+from clients.pb import (
+    CampaignServiceStub,
+    IngestServiceStub,
+    MetricsServiceStub,
+    SubscriptionServiceStub,
+)
 from gateway.errors import GatewayError
 from gateway.settings import GatewaySettings
 
@@ -28,6 +33,7 @@ __all__ = [
     "MetricsStub",
     "RawBody",
     "Stubs",
+    "SubscriptionStub",
     "TimeWindow",
 ]
 
@@ -42,6 +48,7 @@ class Stubs:
     ingest: IngestServiceStub
     metrics: MetricsServiceStub
     campaigns: CampaignServiceStub
+    subscriptions: SubscriptionServiceStub
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +85,12 @@ async def _metrics_stub(stubs: Annotated[Stubs, Depends(_stubs)]) -> MetricsServ
 
 async def _campaign_stub(stubs: Annotated[Stubs, Depends(_stubs)]) -> CampaignServiceStub:
     return stubs.campaigns
+
+
+async def _subscription_stub(
+    stubs: Annotated[Stubs, Depends(_stubs)],
+) -> SubscriptionServiceStub:
+    return stubs.subscriptions
 
 
 # Documents the key in the API description; the header is forwarded as it came.
@@ -149,6 +162,7 @@ def _too_large(limit: int) -> GatewayError:
 IngestStub = Annotated[IngestServiceStub, Depends(_ingest_stub)]
 MetricsStub = Annotated[MetricsServiceStub, Depends(_metrics_stub)]
 CampaignStub = Annotated[CampaignServiceStub, Depends(_campaign_stub)]
+SubscriptionStub = Annotated[SubscriptionServiceStub, Depends(_subscription_stub)]
 Call = Annotated[CallOptions, Depends(_call_options)]
 RawBody = Annotated[bytes, Depends(_raw_body)]
 CampaignIdPath = Annotated[str, Path(description="The campaign's id.", examples=["camp_123"])]

@@ -144,7 +144,7 @@ class RejectedEvent(BaseModel):
 class IngestResponse(BaseModel):
     success: bool = Field(description="False when no event was accepted or already stored.")
     message: str = Field(examples=["Event ingested successfully"])
-    count: Count = Field(description="Events now stored: accepted plus duplicates.")
+    count: Count = Field(description="Events newly ingested (the same as accepted).")
     accepted: Count = Field(description="Events newly committed.")
     duplicates: Count = Field(description="Events whose eventId was already stored.")
     rejected: list[RejectedEvent]
@@ -291,6 +291,61 @@ class CampaignListResponse(BaseModel):
     timestamp: Time
 
 
+class NewSubscription(BaseModel):
+    organizationId: str = Field(examples=["org_456"])
+    campaignIds: list[str] | None = Field(
+        None, description="The campaigns to follow; none: every campaign of the organization."
+    )
+    timeWindow: int | None = Field(
+        None, description="Window of the metrics snapshots, seconds (default 3600)."
+    )
+
+
+class Subscription(BaseModel):
+    id: str = Field(description="An unguessable capability, bound to the organization.")
+    organizationId: str
+    campaignIds: list[str] = Field(description="Empty: every campaign.")
+    active: bool
+    createTime: Time
+    timeWindow: int
+
+
+class SubscriptionResponse(BaseModel):
+    success: bool
+    subscription: Subscription
+    timestamp: Time
+
+
+class SubscriptionRemovedResponse(BaseModel):
+    success: bool
+    message: str = Field(examples=["Subscription removed"])
+    subscriptionId: str
+    timestamp: Time
+
+
+class MetricsUpdate(BaseModel):
+    campaignId: str
+    metrics: RealTimeMetrics
+    summary: DashboardSummary = Field(description="The organization's totals after the change.")
+
+
+class AnalyticsUpdate(BaseModel):
+    type: str = Field(examples=["metrics"])
+    data: MetricsUpdate
+    timestamp: Time
+    organizationId: str
+    campaignId: str
+    sequence: Count = Field(description="Increases with every update the server publishes.")
+
+
+class UpdatesResponse(BaseModel):
+    success: bool
+    subscriptionId: str
+    updates: list[AnalyticsUpdate] = Field(description="The queued updates; the queue is drained.")
+    count: Count
+    timestamp: Time
+
+
 class ErrorResponse(BaseModel):
     """An error, in the grpc-gateway style."""
 
@@ -308,7 +363,7 @@ class ErrorResponse(BaseModel):
 # ---------------------------------------------------------------------------
 
 #: Request body models, added to the API description's components.
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (Event, IngestRequest, NewCampaign)
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (Event, IngestRequest, NewCampaign, NewSubscription)
 
 _ERROR_DESCRIPTIONS = {
     400: "The request is malformed, or a parameter or event is invalid.",

@@ -124,6 +124,14 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
                 self._hub.remove(subscription)
 
     @reports_errors
+    async def GetSubscription(
+        self, request: pb.GetSubscriptionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSubscriptionResponse:
+        principal = await self.caller(context, Role.READ)
+        subscription = self._subscription(request.subscription_id, principal.organization_id)
+        return pb.GetSubscriptionResponse(subscription=codec.encode_subscription(subscription))
+
+    @reports_errors
     async def GetSubscriptionStats(
         self, request: pb.GetSubscriptionStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSubscriptionStatsResponse:

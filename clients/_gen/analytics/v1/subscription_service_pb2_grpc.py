@@ -62,6 +62,11 @@ class SubscriptionServiceStub:
                 request_serializer=analytics_dot_v1_dot_subscription__service__pb2.StreamUpdatesRequest.SerializeToString,
                 response_deserializer=analytics_dot_v1_dot_subscription__service__pb2.StreamUpdatesResponse.FromString,
                 _registered_method=True)
+        self.GetSubscription = channel.unary_unary(
+                '/analytics.v1.SubscriptionService/GetSubscription',
+                request_serializer=analytics_dot_v1_dot_subscription__service__pb2.GetSubscriptionRequest.SerializeToString,
+                response_deserializer=analytics_dot_v1_dot_subscription__service__pb2.GetSubscriptionResponse.FromString,
+                _registered_method=True)
         self.GetSubscriptionStats = channel.unary_unary(
                 '/analytics.v1.SubscriptionService/GetSubscriptionStats',
                 request_serializer=analytics_dot_v1_dot_subscription__service__pb2.GetSubscriptionStatsRequest.SerializeToString,
@@ -113,6 +118,14 @@ class SubscriptionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSubscription(self, request, context):
+        """One subscription. NOT_FOUND when unknown (or removed), PERMISSION_DENIED
+        when it belongs to another organization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSubscriptionStats(self, request, context):
         """Counts of this server's subscriptions, for the caller's organization.
         """
@@ -142,6 +155,11 @@ def add_SubscriptionServiceServicer_to_server(servicer, server):
                     servicer.StreamUpdates,
                     request_deserializer=analytics_dot_v1_dot_subscription__service__pb2.StreamUpdatesRequest.FromString,
                     response_serializer=analytics_dot_v1_dot_subscription__service__pb2.StreamUpdatesResponse.SerializeToString,
+            ),
+            'GetSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubscription,
+                    request_deserializer=analytics_dot_v1_dot_subscription__service__pb2.GetSubscriptionRequest.FromString,
+                    response_serializer=analytics_dot_v1_dot_subscription__service__pb2.GetSubscriptionResponse.SerializeToString,
             ),
             'GetSubscriptionStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSubscriptionStats,
@@ -265,6 +283,33 @@ class SubscriptionService:
             '/analytics.v1.SubscriptionService/StreamUpdates',
             analytics_dot_v1_dot_subscription__service__pb2.StreamUpdatesRequest.SerializeToString,
             analytics_dot_v1_dot_subscription__service__pb2.StreamUpdatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/analytics.v1.SubscriptionService/GetSubscription',
+            analytics_dot_v1_dot_subscription__service__pb2.GetSubscriptionRequest.SerializeToString,
+            analytics_dot_v1_dot_subscription__service__pb2.GetSubscriptionResponse.FromString,
             options,
             channel_credentials,
             insecure,

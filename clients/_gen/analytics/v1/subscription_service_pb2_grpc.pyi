@@ -56,6 +56,10 @@ class SubscriptionServiceStub:
     with the current snapshot of every followed campaign that has events in
     the window when `resume` is set (a reconnecting reader).
     """
+    GetSubscription: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.GetSubscriptionRequest, _subscription_service_pb2.GetSubscriptionResponse]
+    """One subscription. NOT_FOUND when unknown (or removed), PERMISSION_DENIED
+    when it belongs to another organization.
+    """
     GetSubscriptionStats: _grpc.UnaryUnaryMultiCallable[_subscription_service_pb2.GetSubscriptionStatsRequest, _subscription_service_pb2.GetSubscriptionStatsResponse]
     """Counts of this server's subscriptions, for the caller's organization."""
 
@@ -86,6 +90,10 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
     follows `organization_id` and `campaign_ids` given inline. It starts
     with the current snapshot of every followed campaign that has events in
     the window when `resume` is set (a reconnecting reader).
+    """
+    GetSubscription: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.GetSubscriptionRequest, _subscription_service_pb2.GetSubscriptionResponse]  # type: ignore[assignment]
+    """One subscription. NOT_FOUND when unknown (or removed), PERMISSION_DENIED
+    when it belongs to another organization.
     """
     GetSubscriptionStats: _aio.UnaryUnaryMultiCallable[_subscription_service_pb2.GetSubscriptionStatsRequest, _subscription_service_pb2.GetSubscriptionStatsResponse]  # type: ignore[assignment]
     """Counts of this server's subscriptions, for the caller's organization."""
@@ -138,6 +146,16 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         follows `organization_id` and `campaign_ids` given inline. It starts
         with the current snapshot of every followed campaign that has events in
         the window when `resume` is set (a reconnecting reader).
+        """
+
+    @_abc_1.abstractmethod
+    def GetSubscription(
+        self,
+        request: _subscription_service_pb2.GetSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_subscription_service_pb2.GetSubscriptionResponse, _abc.Awaitable[_subscription_service_pb2.GetSubscriptionResponse]]:
+        """One subscription. NOT_FOUND when unknown (or removed), PERMISSION_DENIED
+        when it belongs to another organization.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,252 @@
+"""Server-Sent Events for subscriptions.
+
+Every SSE connection of one subscription shares one upstream gRPC stream
+(``SubscriptionService.StreamUpdates``): each update is encoded into an SSE
+frame once, and handed to every connection's ASGI ``send`` directly. A send
+that completes at once (the socket takes the bytes) costs no task; only a
+connection whose socket is write-paused gets a task, and a backlog while it
+lasts, so one slow reader never holds up the others. A connection whose
+backlog grows past ``MAX_BACKLOG`` frames is closed: its browser reconnects
+with ``Last-Event-ID`` and receives the current numbers.
+
+Frames: first ``{"type": "connected", "subscriptionId", "timestamp"}`` (with
+``retry:``), then ``{"type": "update", "data": AnalyticsUpdate, "timestamp"}``
+with ``id:`` (the update's sequence), and ``{"type": "heartbeat",
+"timestamp"}`` while idle. A connection that comes with a ``Last-Event-ID``
+starts with the current snapshot of every subscribed campaign.
+
+If the server goes away the upstream reconnects (with backoff) and, since
+updates may have been missed, asks for the current snapshots again.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import orjson
+from starlette.types import Receive, Send
+
+from clients.pb import StreamUpdatesRequest, SubscriptionServiceStub
+from gateway import codec
+
+log = logging.getLogger(__name__)
+
+RETRY_MS = 3000  # how soon a browser reconnects
+MAX_BACKLOG = 256  # frames waiting for a write-paused connection
+# Upstream errors after which the subscription cannot be followed any more.
+_FINAL = {
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.INVALID_ARGUMENT,
+}
+
+
+def frame(payload: dict[str, Any], event_id: int | None = None) -> bytes:
+    head = b"id: %d\n" % event_id if event_id is not None else b""
+    return head + b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+@dataclass(eq=False)
+class Connection:
+    """One SSE response: frames go to its ``send``; ``ended`` is set when it is over."""
+
+    send: Send
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    backlog: list[bytes] = field(default_factory=list)
+    writing: asyncio.Task[None] | None = None
+
+    def offer(self, data: bytes) -> None:
+        if self.ended.is_set():
+            return
+        if self.writing is not None:
+            if len(self.backlog) >= MAX_BACKLOG:
+                self.close()
+            else:
+                self.backlog.append(data)
+            return
+        coroutine = self.send({"type": "http.response.body", "body": data, "more_body": True})
+        try:
+            # Runs the send up to its first suspension: when the socket takes
+            # the bytes at once, that is all it takes, and no task is made.
+            waiting = coroutine.send(None)  # type: ignore[attr-defined]
+        except StopIteration:
+            return
+        except Exception:
+            self.close()
+            return
+        self.writing = asyncio.ensure_future(self._finish(coroutine, waiting))
+
+    async def _finish(self, pending: Any, waiting: Any) -> None:
+        try:
+            await _resume(pending, waiting)
+            while self.backlog and not self.ended.is_set():
+                data = b"".join(self.backlog)
+                self.backlog.clear()
+                await self.send({"type": "http.response.body", "body": data, "more_body": True})
+        except Exception:
+            self.close()
+        finally:
+            self.writing = None
+
+    def close(self) -> None:
+        self.ended.set()
+
+
+async def _resume(coroutine: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Finishes, inside a task, a coroutine that ``Connection.offer`` started
+    by hand and that suspended on ``waiting`` (what it yielded: a future to
+    wait for, or None to let the loop run once). A started coroutine cannot be
+    awaited, so it is driven the way a task drives one."""
+    while True:
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                await waiting
+        except BaseException as exc:  # the error goes back to the coroutine
+            try:
+                waiting = coroutine.throw(exc)
+            except StopIteration:
+                return
+            continue
+        try:
+            waiting = coroutine.send(None)
+        except StopIteration:
+            return
+
+
+@dataclass(eq=False)
+class Channel:
+    """The SSE connections of one subscription, and their upstream stream."""
+
+    subscription_id: str
+    metadata: tuple[tuple[str, str], ...]
+    connections: set[Connection] = field(default_factory=set)
+    latest: dict[str, bytes] = field(default_factory=dict)  # campaign id -> its last frame
+    upstream: asyncio.Task[None] | None = None
+
+    def broadcast(self, data: bytes) -> None:
+        for connection in list(self.connections):
+            connection.offer(data)
+
+
+class UpdateStreams:
+    def __init__(self, stub: Callable[[], SubscriptionServiceStub | None]) -> None:
+        self._stub = stub
+        self._channels: dict[str, Channel] = {}
+
+    async def serve(
+        self,
+        subscription_id: str,
+        metadata: tuple[tuple[str, str], ...],
+        resume: bool,
+        send: Send,
+        receive: Receive,
+    ) -> None:
+        """Streams the subscription's updates to one connection until it
+        disconnects or the subscription ends. The response has started."""
+        connection = Connection(send)
+        connection.offer(
+            b"retry: %d\n" % RETRY_MS
+            + frame(
+                {
+                    "type": "connected",
+                    "subscriptionId": subscription_id,
+                    "timestamp": codec.now_text(),
+                }
+            )
+        )
+        channel = self._channels.get(subscription_id)
+        if channel is None:
+            channel = Channel(subscription_id, metadata)
+            self._channels[subscription_id] = channel
+            channel.upstream = asyncio.create_task(self._follow(channel, resume))
+        elif resume:
+            for data in channel.latest.values():
+                connection.offer(data)
+        channel.connections.add(connection)
+        disconnected = asyncio.create_task(_disconnect(receive))
+        try:
+            await asyncio.wait(
+                [disconnected, asyncio.create_task(connection.ended.wait())],
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            connection.close()
+            disconnected.cancel()
+            channel.connections.discard(connection)
+            if not channel.connections and self._channels.get(subscription_id) is channel:
+                del self._channels[subscription_id]
+                if channel.upstream is not None:
+                    channel.upstream.cancel()
+
+    async def close(self) -> None:
+        """Ends every stream (at shutdown)."""
+        for channel in list(self._channels.values()):
+            for connection in list(channel.connections):
+                connection.close()
+            if channel.upstream is not None:
+                channel.upstream.cancel()
+        self._channels.clear()
+
+    async def _follow(self, channel: Channel, resume: bool) -> None:
+        delay = 0.1
+        while True:  # until the subscription ends, or the last connection cancels this
+            stub = self._stub()
+            if stub is None:
+                return
+            call = stub.StreamUpdates(
+                StreamUpdatesRequest(subscription_id=channel.subscription_id, resume=resume),
+                metadata=channel.metadata,
+            )
+            try:
+                async for message in call:
+                    delay = 0.1
+                    if message.HasField("update"):
+                        update = message.update
+                        data = frame(
+                            {
+                                "type": "update",
+                                "data": codec.message_to_dict(update),
+                                "timestamp": codec.now_text(),
+                            },
+                            update.sequence,
+                        )
+                        channel.latest[update.campaign_id] = data
+                    else:
+                        data = frame({"type": "heartbeat", "timestamp": codec.now_text()})
+                    channel.broadcast(data)
+                return  # the server ended the stream: the subscription is gone
+            except grpc.aio.AioRpcError as error:
+                if error.code() in _FINAL:
+                    channel.broadcast(
+                        frame(
+                            {
+                                "type": "error",
+                                "error": error.details() or error.code().name,
+                                "timestamp": codec.now_text(),
+                            }
+                        )
+                    )
+                    for connection in list(channel.connections):
+                        connection.close()
+                    return
+                log.info("update stream of a subscription lost (%s); reconnecting", error.code())
+            finally:
+                call.cancel()
+            # Updates may have been missed meanwhile: start again from the
+            # current numbers.
+            resume = True
+            await asyncio.sleep(delay)
+            delay = min(5.0, delay * 2)
+
+
+async def _disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
