@@ -20,7 +20,15 @@ from __future__ import annotations
 import asyncio
 import enum
 import threading
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar
 
@@ -29,7 +37,7 @@ import grpc.aio
 
 from clients import pb
 from clients._events import assign_event_ids
-from clients._exceptions import ClientClosedError
+from clients._exceptions import ClientClosedError, from_rpc_error
 from clients._retry import (
     CLOSED_BEFORE_CALL,
     DEFAULT_RETRY,
@@ -150,6 +158,22 @@ def _create_campaign_request(
     )
 
 
+def _stream_updates_request(
+    subscription_id: str,
+    organization_id: str,
+    campaign_ids: Iterable[str],
+    time_window: int,
+    resume: bool,
+) -> pb.StreamUpdatesRequest:
+    return pb.StreamUpdatesRequest(
+        subscription_id=subscription_id,
+        organization_id=organization_id,
+        campaign_ids=campaign_ids,
+        time_window=time_window,
+        resume=resume,
+    )
+
+
 class AnalyticsClient(_BaseClient):
     """Blocking client of the analytics service.
 
@@ -188,6 +212,7 @@ class AnalyticsClient(_BaseClient):
         self._ingest = pb.IngestServiceStub(self._channel)
         self._metrics = pb.MetricsServiceStub(self._channel)
         self._campaigns = pb.CampaignServiceStub(self._channel)
+        self._subscriptions = pb.SubscriptionServiceStub(self._channel)
 
     def __enter__(self) -> Self:
         self._check_reopen()
@@ -333,11 +358,86 @@ class AnalyticsClient(_BaseClient):
         request = pb.ListCampaignsRequest(organization_id=organization_id)
         return self._call("ListCampaigns", self._campaigns.ListCampaigns, request, timeout)
 
+    # SubscriptionService
+
+    def subscribe(
+        self,
+        organization_id: str,
+        campaign_ids: Iterable[str] = (),
+        time_window: int = DEFAULT_WINDOW,
+        *,
+        timeout: float | None = None,
+    ) -> pb.CreateSubscriptionResponse:
+        """Subscribes to live updates of some (none named: all) campaigns."""
+        request = pb.CreateSubscriptionRequest(
+            organization_id=organization_id, campaign_ids=campaign_ids, time_window=time_window
+        )
+        return self._call(
+            "CreateSubscription", self._subscriptions.CreateSubscription, request, timeout
+        )
+
+    def unsubscribe(
+        self, subscription_id: str, *, timeout: float | None = None
+    ) -> pb.DeleteSubscriptionResponse:
+        """Removes a subscription; its update streams end."""
+        request = pb.DeleteSubscriptionRequest(subscription_id=subscription_id)
+        return self._call(
+            "DeleteSubscription", self._subscriptions.DeleteSubscription, request, timeout
+        )
+
+    def poll_updates(
+        self, subscription_id: str, *, timeout: float | None = None
+    ) -> pb.GetUpdatesResponse:
+        """The subscription's queued updates (the queue is drained)."""
+        request = pb.GetUpdatesRequest(subscription_id=subscription_id)
+        return self._call("GetUpdates", self._subscriptions.GetUpdates, request, timeout)
+
+    def updates(
+        self,
+        subscription_id: str = "",
+        *,
+        organization_id: str = "",
+        campaign_ids: Iterable[str] = (),
+        time_window: int = DEFAULT_WINDOW,
+        resume: bool = False,
+    ) -> Iterator[pb.AnalyticsUpdate]:
+        """Live updates, as they come, until the subscription ends or the
+        client closes: of ``subscription_id``, or of the organization's
+        campaigns given inline. When the connection is lost it reconnects by
+        itself (backing off as the retry policy says) and starts again from
+        the current numbers of every followed campaign, so no change is
+        missed for long. ``resume`` starts that way from the first connection."""
+        self._check_open()
+        request = _stream_updates_request(
+            subscription_id, organization_id, campaign_ids, time_window, resume
+        )
+        failures = 0
+        while True:
+            call = self._subscriptions.StreamUpdates(request, metadata=self._metadata)
+            try:
+                for message in call:
+                    failures = 0
+                    if message.HasField("update"):
+                        yield message.update
+                return  # the subscription was removed
+            except grpc.RpcError as error:
+                if self.is_closed:
+                    raise ClientClosedError("the client was closed") from None
+                if error.code() not in self._retry.retryable_codes:
+                    raise from_rpc_error(error) from None
+            finally:
+                call.cancel()
+            failures += 1
+            request.resume = True
+            if self._closed.wait(self._retry.backoff(failures)):
+                raise ClientClosedError("the client was closed")
+
 
 class _AsyncStubs(NamedTuple):
     ingest: pb.IngestServiceStub
     metrics: pb.MetricsServiceStub
     campaigns: pb.CampaignServiceStub
+    subscriptions: pb.SubscriptionServiceStub
 
 
 class AsyncAnalyticsClient(_BaseClient):
@@ -410,6 +510,7 @@ class AsyncAnalyticsClient(_BaseClient):
                 ingest=pb.IngestServiceStub(channel),
                 metrics=pb.MetricsServiceStub(channel),
                 campaigns=pb.CampaignServiceStub(channel),
+                subscriptions=pb.SubscriptionServiceStub(channel),
             )
         return self._async_stubs
 
@@ -555,3 +656,78 @@ class AsyncAnalyticsClient(_BaseClient):
         return await self._call(
             "ListCampaigns", self._stubs().campaigns.ListCampaigns, request, timeout
         )
+
+    # SubscriptionService
+
+    async def subscribe(
+        self,
+        organization_id: str,
+        campaign_ids: Iterable[str] = (),
+        time_window: int = DEFAULT_WINDOW,
+        *,
+        timeout: float | None = None,
+    ) -> pb.CreateSubscriptionResponse:
+        """Subscribes to live updates of some (none named: all) campaigns."""
+        request = pb.CreateSubscriptionRequest(
+            organization_id=organization_id, campaign_ids=campaign_ids, time_window=time_window
+        )
+        return await self._call(
+            "CreateSubscription", self._stubs().subscriptions.CreateSubscription, request, timeout
+        )
+
+    async def unsubscribe(
+        self, subscription_id: str, *, timeout: float | None = None
+    ) -> pb.DeleteSubscriptionResponse:
+        """Removes a subscription; its update streams end."""
+        request = pb.DeleteSubscriptionRequest(subscription_id=subscription_id)
+        return await self._call(
+            "DeleteSubscription", self._stubs().subscriptions.DeleteSubscription, request, timeout
+        )
+
+    async def poll_updates(
+        self, subscription_id: str, *, timeout: float | None = None
+    ) -> pb.GetUpdatesResponse:
+        """The subscription's queued updates (the queue is drained)."""
+        request = pb.GetUpdatesRequest(subscription_id=subscription_id)
+        return await self._call(
+            "GetUpdates", self._stubs().subscriptions.GetUpdates, request, timeout
+        )
+
+    async def updates(
+        self,
+        subscription_id: str = "",
+        *,
+        organization_id: str = "",
+        campaign_ids: Iterable[str] = (),
+        time_window: int = DEFAULT_WINDOW,
+        resume: bool = False,
+    ) -> AsyncIterator[pb.AnalyticsUpdate]:
+        """Live updates, as ``AnalyticsClient.updates``: reconnects by itself
+        and starts again from the current numbers after a lost connection."""
+        stubs = self._stubs()
+        request = _stream_updates_request(
+            subscription_id, organization_id, campaign_ids, time_window, resume
+        )
+        failures = 0
+        while True:
+            call = stubs.subscriptions.StreamUpdates(request, metadata=self._metadata)
+            try:
+                async for message in call:
+                    failures = 0
+                    if message.HasField("update"):
+                        yield message.update
+                return  # the subscription was removed
+            except grpc.RpcError as error:
+                if self.is_closed:
+                    raise ClientClosedError("the client was closed") from None
+                if error.code() not in self._retry.retryable_codes:
+                    raise from_rpc_error(error) from None
+            finally:
+                call.cancel()
+            failures += 1
+            request.resume = True
+            try:
+                await asyncio.wait_for(self._closed.wait(), self._retry.backoff(failures))
+            except TimeoutError:
+                continue
+            raise ClientClosedError("the client was closed")

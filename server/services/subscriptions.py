@@ -117,6 +117,11 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
                     )
                 for update in updates:
                     yield pb.StreamUpdatesResponse(update=codec.encode_update(update))
+            if subscription.closed_by_shutdown:
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    "the server is shutting down; reconnect (with resume) to go on",
+                )
         finally:
             subscription.readers -= 1
             subscription.touch()

@@ -39,6 +39,7 @@ class Subscription:
     last_activity: float = field(default_factory=time.monotonic)
     readers: int = 0
     closed: bool = False
+    closed_by_shutdown: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def follows(self, campaign_id: str) -> bool:
@@ -112,9 +113,11 @@ class UpdateHub:
                 del self._by_organization[subscription.organization_id]
 
     def close_all(self) -> None:
-        """Ends every subscription (at shutdown): their streams finish."""
+        """Ends every subscription (at shutdown): their streams finish, telling
+        readers to reconnect elsewhere."""
         for subscriptions in list(self._by_organization.values()):
             for subscription in list(subscriptions):
+                subscription.closed_by_shutdown = True
                 self.remove(subscription)
 
     def next_sequence(self) -> int:
