@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from pydantic.json_schema import models_json_schema
 
@@ -76,6 +77,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lambda: app.state.stubs.subscriptions if app.state.stubs is not None else None
     )
     install_error_handlers(app)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["authorization", "content-type", "last-event-id", "grpc-timeout"],
+        expose_headers=["retry-after"],
+    )
     for module in (ingest, metrics, campaigns, subscriptions):
         app.include_router(module.router)
     app.openapi = _with_request_models(app.openapi)  # type: ignore[method-assign]

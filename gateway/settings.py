@@ -19,3 +19,8 @@ class GatewaySettings(BaseSettings):
         default=16 * 1024 * 1024, ge=1, description="Largest request body; larger ones get 413."
     )
     access_log: bool = Field(default=False, description="Log one line per request.")
+    cors_origins: list[str] = Field(
+        default=["*"],
+        description="Origins whose pages may call the API from a browser (keys travel in "
+        "the authorization header, never in cookies, so any origin is the default).",
+    )

@@ -81,17 +81,20 @@ class Authenticated:
         self._keys = keys
 
     async def caller(self, context: grpc.aio.ServicerContext, role: Role) -> Principal:
-        authorization = None
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                authorization = value if isinstance(value, str) else value.decode()
-                break
-        principal = await self._keys.authenticate(authorization)
+        principal = await self._keys.authenticate(authorization(context))
         if not principal.may(role):
             raise errors.PermissionDenied(
                 f"the key's role ({principal.role}) does not allow this; it needs {role}"
             )
         return principal
+
+
+def authorization(context: grpc.aio.ServicerContext) -> str | None:
+    """The call's ``authorization`` metadata, if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value if isinstance(value, str) else value.decode()
+    return None
 
 
 def same_organization(principal: Principal, organization_id: str) -> str:

@@ -15,7 +15,13 @@ from server.errors import InvalidArgument, NotFound, PermissionDenied
 from server.ingest.campaigns import CampaignDirectory
 from server.metrics.reader import MetricsReader
 from server.metrics.window import Window
-from server.services.common import Authenticated, abort, reports_errors, same_organization
+from server.services.common import (
+    Authenticated,
+    abort,
+    authorization,
+    reports_errors,
+    same_organization,
+)
 from server.updates.hub import Subscription, Update, UpdateHub
 
 
@@ -67,8 +73,7 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
     async def DeleteSubscription(
         self, request: pb.DeleteSubscriptionRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteSubscriptionResponse:
-        principal = await self.caller(context, Role.READ)
-        subscription = self._subscription(request.subscription_id, principal.organization_id)
+        subscription = await self._subscription(request.subscription_id, context)
         self._hub.remove(subscription)
         return pb.DeleteSubscriptionResponse(
             success=True,
@@ -81,8 +86,7 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
     async def GetUpdates(
         self, request: pb.GetUpdatesRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetUpdatesResponse:
-        principal = await self.caller(context, Role.READ)
-        subscription = self._subscription(request.subscription_id, principal.organization_id)
+        subscription = await self._subscription(request.subscription_id, context)
         updates = [codec.encode_update(u) for u in subscription.drain()]
         return pb.GetUpdatesResponse(
             success=True,
@@ -132,8 +136,7 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
     async def GetSubscription(
         self, request: pb.GetSubscriptionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSubscriptionResponse:
-        principal = await self.caller(context, Role.READ)
-        subscription = self._subscription(request.subscription_id, principal.organization_id)
+        subscription = await self._subscription(request.subscription_id, context)
         return pb.GetSubscriptionResponse(subscription=codec.encode_subscription(subscription))
 
     @reports_errors
@@ -148,19 +151,27 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
             subscriptions_by_organization=by_organization,
         )
 
-    def _subscription(self, subscription_id: str, organization_id: str) -> Subscription:
+    async def _subscription(
+        self, subscription_id: str, context: grpc.aio.ServicerContext
+    ) -> Subscription:
+        """The subscription a call names. Its id is a capability: a call that
+        carries it needs no key (a browser's EventSource cannot send one); a
+        call that carries a key too must be of the subscription's organization."""
         if not subscription_id:
             raise InvalidArgument("subscriptionId is required")
-        return self._hub.get(subscription_id, organization_id)
+        if authorization(context) is None:
+            return self._hub.find(subscription_id)
+        principal = await self.caller(context, Role.READ)
+        return self._hub.get(subscription_id, principal.organization_id)
 
     async def _stream_subscription(
         self, request: pb.StreamUpdatesRequest, context: grpc.aio.ServicerContext
     ) -> tuple[Subscription, bool]:
         """The subscription to stream, and whether the stream owns it (an
         inline one, removed when the stream ends)."""
-        principal = await self.caller(context, Role.READ)
         if request.subscription_id:
-            return self._subscription(request.subscription_id, principal.organization_id), False
+            return await self._subscription(request.subscription_id, context), False
+        principal = await self.caller(context, Role.READ)
         organization_id = same_organization(principal, request.organization_id)
         campaign_ids = await self._followed(organization_id, list(request.campaign_ids))
         window = Window.ending_now(request.time_window)

@@ -92,14 +92,19 @@ class UpdateHub:
         self._by_organization.setdefault(organization_id, set()).add(subscription)
         return subscription
 
-    def get(self, subscription_id: str, organization_id: str) -> Subscription:
-        """The subscription, which must belong to ``organization_id``."""
+    def find(self, subscription_id: str) -> Subscription:
+        """The subscription with this id (the id is its capability)."""
         subscription = self._subscriptions.get(subscription_id)
         if subscription is None:
             raise NotFound("Subscription not found")
+        subscription.touch()
+        return subscription
+
+    def get(self, subscription_id: str, organization_id: str) -> Subscription:
+        """The subscription, which must belong to ``organization_id``."""
+        subscription = self.find(subscription_id)
         if subscription.organization_id != organization_id:
             raise PermissionDenied("the subscription belongs to another organization")
-        subscription.touch()
         return subscription
 
     def remove(self, subscription: Subscription) -> None:

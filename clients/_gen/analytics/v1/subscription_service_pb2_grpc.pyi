@@ -32,9 +32,11 @@ class SubscriptionServiceStub:
     fresh snapshot of that campaign's metrics. Its queue keeps the newest
     snapshot per campaign (at most `max_queue_size` campaigns), so a slow
     reader loses only intermediate states. Subscriptions nobody reads or polls
-    for 30 minutes are removed. The subscription id is an unguessable
-    capability, bound to its organization; every call needs a key with the
-    read role of that organization.
+    for 30 minutes are removed. Creating one (and streaming updates given
+    inline) needs a key with the read role of the organization. The
+    subscription id is an unguessable capability bound to its organization: a
+    call naming it may come without a key (a browser's EventSource cannot send
+    one); one that carries a key must carry one of that organization.
     """
 
     @_typing.overload
@@ -70,9 +72,11 @@ class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
     fresh snapshot of that campaign's metrics. Its queue keeps the newest
     snapshot per campaign (at most `max_queue_size` campaigns), so a slow
     reader loses only intermediate states. Subscriptions nobody reads or polls
-    for 30 minutes are removed. The subscription id is an unguessable
-    capability, bound to its organization; every call needs a key with the
-    read role of that organization.
+    for 30 minutes are removed. Creating one (and streaming updates given
+    inline) needs a key with the read role of the organization. The
+    subscription id is an unguessable capability bound to its organization: a
+    call naming it may come without a key (a browser's EventSource cannot send
+    one); one that carries a key must carry one of that organization.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -104,9 +108,11 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
     fresh snapshot of that campaign's metrics. Its queue keeps the newest
     snapshot per campaign (at most `max_queue_size` campaigns), so a slow
     reader loses only intermediate states. Subscriptions nobody reads or polls
-    for 30 minutes are removed. The subscription id is an unguessable
-    capability, bound to its organization; every call needs a key with the
-    read role of that organization.
+    for 30 minutes are removed. Creating one (and streaming updates given
+    inline) needs a key with the read role of the organization. The
+    subscription id is an unguessable capability bound to its organization: a
+    call naming it may come without a key (a browser's EventSource cannot send
+    one); one that carries a key must carry one of that organization.
     """
 
     @_abc_1.abstractmethod
