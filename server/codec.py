@@ -18,17 +18,31 @@ from server.metrics.formulas import MICROS, CampaignMetrics
 from server.metrics.reader import Dashboard
 from server.updates.hub import Subscription, Update
 
-# EventMetadata's string fields, with the JSON (camelCase) key kept in storage.
-_METADATA_TEXT = (
-    ("user_agent", "userAgent"),
-    ("device_type", "deviceType"),
-    ("location", "location"),
-    ("ad_slot_id", "adSlotId"),
-    ("episode_id", "episodeId"),
-    ("show_id", "showId"),
-    ("ip_address", "ipAddress"),
-    ("referrer", "referrer"),
-)
+# EventMetadata's fields by number: for the string fields, the JSON (camelCase)
+# key kept in storage. Metadata is read with ListFields, which names only the
+# fields that are set: cheaper than reading each of the twelve (measured).
+_METADATA_FIELDS = pb.EventMetadata.DESCRIPTOR.fields_by_name
+_METADATA_TEXT = {
+    _METADATA_FIELDS[name].number: key
+    for name, key in (
+        ("session_id", "sessionId"),
+        ("user_agent", "userAgent"),
+        ("device_type", "deviceType"),
+        ("location", "location"),
+        ("ad_slot_id", "adSlotId"),
+        ("episode_id", "episodeId"),
+        ("show_id", "showId"),
+        ("ip_address", "ipAddress"),
+        ("referrer", "referrer"),
+    )
+}
+_SESSION_ID = _METADATA_FIELDS["session_id"].number
+_DURATION = _METADATA_FIELDS["duration"].number
+_POSITION = _METADATA_FIELDS["position"].number
+_EXTRA = _METADATA_FIELDS["extra"].number
+# ListFields lists fields by number, so ``extra`` comes last: its keys are
+# added only where no field of EventMetadata took the key already.
+assert max(f.number for f in pb.EventMetadata.DESCRIPTOR.fields) == _EXTRA
 _MIN_SECONDS = -62_135_596_800  # 0001-01-01
 _MAX_SECONDS = 253_402_300_799  # 9999-12-31
 
@@ -67,26 +81,25 @@ def _decode_metadata(m: pb.EventMetadata) -> tuple[str, float | None, dict[str, 
     """(session id, duration, the metadata as stored: camelCase keys, extras
     flat, and why ``extra`` could not be read, if so)."""
     metadata: dict[str, Any] = {}
-    session_id = m.session_id
-    if session_id:
-        metadata["sessionId"] = session_id
-    for name, key in _METADATA_TEXT:
-        text = getattr(m, name)
-        if text:
-            metadata[key] = text
-    duration = None
-    if m.HasField("duration"):
-        duration = m.duration
-        metadata["duration"] = duration
-    if m.HasField("position"):
-        metadata["position"] = m.position
-    if m.HasField("extra"):
-        try:
-            extra = json_format.MessageToDict(m.extra)
-        except ValueError as exc:  # NaN or Infinity, which JSON cannot hold
-            return session_id, duration, metadata, f"metadata.extra cannot be stored: {exc}"
-        for key, value in extra.items():
-            metadata.setdefault(key, value)
+    session_id, duration = "", None
+    for field, value in m.ListFields():
+        number = field.number
+        key = _METADATA_TEXT.get(number)
+        if key is not None:
+            metadata[key] = value
+            if number == _SESSION_ID:
+                session_id = value
+        elif number == _DURATION:
+            duration = metadata["duration"] = value
+        elif number == _POSITION:
+            metadata["position"] = value
+        elif number == _EXTRA:
+            try:
+                extra = json_format.MessageToDict(value)
+            except ValueError as exc:  # NaN or Infinity, which JSON cannot hold
+                return session_id, duration, metadata, f"metadata.extra cannot be stored: {exc}"
+            for extra_key, extra_value in extra.items():
+                metadata.setdefault(extra_key, extra_value)
     return session_id, duration, metadata, ""
 
 

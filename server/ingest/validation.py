@@ -4,6 +4,7 @@ An event is accepted or rejected on its own; a rejection names the field, a
 stable code and a reason a person can act on. Limits are explicit.
 """
 
+import dataclasses
 import ipaddress
 import math
 import time
@@ -11,10 +12,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import orjson
 import uuid_utils
 
 from server.domain import EventType, Rejection
 from server.store.events import EventRow
+from server.store.staging_copy import jsonb
 
 EVENT_TYPE_WORDS = ", ".join(t.word for t in EventType)
 
@@ -29,6 +32,14 @@ class Limits:
     max_id_length: int = 128
     max_session_id_length: int = 256
     max_text_length: int = 2048
+    # The time limits in microseconds, for the comparisons made per event.
+    max_future_us: int = dataclasses.field(init=False)
+    max_age_us: int = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        # A frozen dataclass sets its own derived fields this way.
+        object.__setattr__(self, "max_future_us", self.max_future // _MICROSECOND)
+        object.__setattr__(self, "max_age_us", self.max_age // _MICROSECOND)
 
 
 @dataclass(slots=True)
@@ -112,14 +123,14 @@ def validate(
     if event.timestamp_error:
         return _reject(event, "timestamp", "invalid_timestamp", event.timestamp_error)
     occurred_us = now_us if event.occurred_us is None else event.occurred_us
-    if occurred_us > now_us + limits.max_future // _MICROSECOND:
+    if occurred_us > now_us + limits.max_future_us:
         return _reject(
             event,
             "timestamp",
             "timestamp_in_future",
             f"timestamp is more than {_hours(limits.max_future)} in the future",
         )
-    if occurred_us < now_us - limits.max_age // _MICROSECOND:
+    if occurred_us < now_us - limits.max_age_us:
         return _reject(
             event,
             "timestamp",
@@ -160,6 +171,7 @@ def validate(
             f"metadata.sessionId is longer than {limits.max_session_id_length} characters",
         )
     metadata = event.metadata
+    document = None
     if metadata:
         for key, text in metadata.items():
             if isinstance(text, str) and len(text) > limits.max_text_length:
@@ -169,11 +181,17 @@ def validate(
                     "field_too_long",
                     f"metadata.{key} is longer than {limits.max_text_length} characters",
                 )
-        if _holds_nul(metadata):
+        # The metadata is encoded once, here, for the writer. JSON spells a
+        # NUL character \u0000 wherever it hides (keys, nested values), so
+        # only a document holding that text needs the walk that tells a NUL
+        # from a literal backslash-u0000.
+        document = orjson.dumps(metadata)
+        if b"\\u0000" in document and _holds_nul(metadata):
             return _reject(event, "metadata", "invalid_character", "metadata holds a NUL character")
         address = metadata.get("ipAddress")
         if address:
             metadata["ipAddress"] = truncate_ip(address) if isinstance(address, str) else ""
+            document = orjson.dumps(metadata)
 
     owner = campaign_owners.get(event.campaign_id)
     if owner is None:
@@ -201,7 +219,7 @@ def validate(
         value_micros,
         event.session_id or None,
         duration,
-        metadata or None,
+        None if document is None else jsonb(document),
     )
 
 

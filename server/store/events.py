@@ -5,23 +5,22 @@ Several batches may be written at once (on separate connections); each
 upsert takes its rows in key order, so two flushes meeting on the same rows
 wait for each other instead of deadlocking.
 
-The rows are copied (binary COPY) into a temporary staging table, then one
+The rows are copied (binary COPY, encoded by ``server.store.staging_copy``)
+into a temporary staging table, then one
 statement inserts the new events (``ON CONFLICT DO NOTHING`` drops event ids
 already stored) and feeds only the rows it inserted into the aggregates, so a
 retried event changes nothing.
 """
 
-import struct
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 import psycopg
-from psycopg.adapt import Dumper
-from psycopg.pq import Format
 from psycopg.types.json import set_json_dumps
 
 from server.store.schema import COUNTERS, ROLLUP_SUMS
+from server.store.staging_copy import encode_rows
 
 # The columns of a staged event, in order: what the ingest path hands the writer.
 STAGING_COLUMNS = (
@@ -49,8 +48,8 @@ STAGING_TYPES = (
 
 # organization_id, event_id (the UUID's 16 bytes), campaign_id, event_type,
 # occurred_at (microseconds since the Unix epoch), value_micros, session_id,
-# duration, metadata
-EventRow = tuple[str, bytes, str, int, int, int | None, str | None, float | None, Any]
+# duration, metadata (in jsonb's binary form: ``staging_copy.jsonb``)
+EventRow = tuple[str, bytes, str, int, int, int | None, str | None, float | None, bytes | None]
 
 set_json_dumps(orjson.dumps)
 
@@ -193,33 +192,8 @@ WHERE e.xmin <> pg_current_xact_id()::xid
 """
 
 
-# The hot path keeps event ids as 16 raw bytes and times as integer
-# microseconds (cheap to make, hash and compare). These dumpers write them in
-# COPY's binary format; registered by type oid only, they serve the staging
-# COPY (set_types) and nothing else.
-class _UuidFromBytes(Dumper):
-    format = Format.BINARY
-
-    def dump(self, obj: bytes) -> bytes:
-        return obj
-
-
-_POSTGRES_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
-_pack_int8 = struct.Struct(">q").pack
-
-
-class _TimestamptzFromMicros(Dumper):
-    format = Format.BINARY
-
-    def dump(self, obj: int) -> bytes:
-        return _pack_int8(obj - _POSTGRES_EPOCH_US)
-
-
 async def prepare(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Sets up a writer connection: its staging table and row formats."""
-    for base, type_name in ((_UuidFromBytes, "uuid"), (_TimestamptzFromMicros, "timestamptz")):
-        oid = conn.adapters.types[type_name].oid
-        conn.adapters.register_dumper(None, type(base.__name__, (base,), {"oid": oid}))
+    """Sets up a writer connection: its staging table."""
     await conn.execute(CREATE_STAGING)
     await conn.commit()
 
@@ -256,9 +230,7 @@ async def write_batch(
     notifies ``UPDATES_CHANNEL`` of the campaigns it changed."""
     async with conn.transaction(), conn.cursor() as cur:
         async with cur.copy(COPY_STAGING) as copy:
-            copy.set_types(STAGING_TYPES)
-            for row in rows:
-                await copy.write_row(row)
+            await copy.write(encode_rows(rows))
         await cur.execute(FLUSH)
         counted = await cur.fetchone()
         inserted = counted[0] if counted is not None else 0

@@ -1,0 +1,82 @@
+"""Staged event rows as PostgreSQL binary COPY data, in one block.
+
+The writer copies thousands of rows per flush. Handing psycopg one row at a
+time (``copy.write_row``) sends every value through its adapters and awaits
+per row; packing the rows here into one bytes object and writing it at once
+costs a fraction of that, and this is the ingest hot path.
+
+The layout is PostgreSQL's binary COPY format (the "Binary Format" section of
+the COPY documentation): a header, then per row a 16-bit field count and each
+field as a 32-bit byte length (-1 for NULL) followed by its bytes in the
+type's binary representation, then a 16-bit -1 as trailer. The fields are
+``server.store.events.STAGING_COLUMNS``, in that order, with the values of an
+``EventRow``; its metadata comes already in jsonb's binary form (``jsonb``).
+"""
+
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)  # signature, flags, extension
+TRAILER = struct.pack(">h", -1)
+
+_POSTGRES_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
+_NULL = struct.pack(">i", -1)
+_FIELD_COUNT = struct.pack(">h", 9)
+_UUID_LENGTH = struct.pack(">i", 16)  # an event id is the uuid's 16 bytes
+_length = struct.Struct(">i").pack
+# event_type (int2) and occurred_at (timestamptz: int8 microseconds since 2000).
+_type_and_time = struct.Struct(">ihiq").pack
+_int8 = struct.Struct(">iq").pack
+_float8 = struct.Struct(">id").pack
+
+
+def jsonb(document: bytes) -> bytes:
+    """A JSON document (UTF-8) in jsonb's binary form: a version byte (1), then the text."""
+    # This also copies the document, which is worth it: holding thousands of
+    # orjson results until the flush costs 20 times as much as making them
+    # (each keeps a large allocation), and right-sized copies do not (measured).
+    return b"\x01" + document
+
+
+def encode_rows(rows: Iterable[tuple[Any, ...]]) -> bytearray:
+    """The COPY data (header to trailer) of event rows."""
+    # Organization, campaign and session ids repeat across a batch: each is
+    # encoded once. Column order: organization_id, event_id, campaign_id,
+    # event_type, occurred_at, value_micros, session_id, duration, metadata.
+    texts: dict[str, bytes] = {}
+    out = bytearray(HEADER)
+    for org, event_id, campaign, event_type, occurred_us, value, session, duration, meta in rows:
+        org_field = texts.get(org)
+        if org_field is None:
+            org_field = texts[org] = _text(org)
+        campaign_field = texts.get(campaign)
+        if campaign_field is None:
+            campaign_field = texts[campaign] = _text(campaign)
+        out += _FIELD_COUNT
+        out += org_field
+        out += _UUID_LENGTH
+        out += event_id
+        out += campaign_field
+        out += _type_and_time(2, event_type, 8, occurred_us - _POSTGRES_EPOCH_US)
+        out += _NULL if value is None else _int8(8, value)
+        if session is None:
+            out += _NULL
+        else:
+            session_field = texts.get(session)
+            if session_field is None:
+                session_field = texts[session] = _text(session)
+            out += session_field
+        out += _NULL if duration is None else _float8(8, duration)
+        if meta is None:
+            out += _NULL
+        else:
+            out += _length(len(meta))
+            out += meta
+    out += TRAILER
+    return out
+
+
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return _length(len(data)) + data
