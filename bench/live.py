@@ -539,15 +539,23 @@ class Live:
         def publish() -> None:
             # Absolute schedule, replies not awaited: a slow reply (CPU
             # contention) does not thin out the publishing; at most 600 s.
+            # (A call whose future is dropped is cancelled: they are kept.)
             start = time.monotonic()
+            pending: list[grpc.Future] = []
             for k in range(6_000):
                 if stop.wait(max(0.0, start + k * PUBLISH_INTERVAL - time.monotonic())):
-                    return
+                    break
                 campaign = tenant.campaign_ids[k % len(tenant.campaign_ids)]
                 event = make_event("impression", campaign, tenant.organization_id)
-                stub.IngestEvents.future(
-                    pb.IngestEventsRequest(event=event), metadata=tenant.auth, timeout=5
+                pending = [f for f in pending if not f.done()]
+                pending.append(
+                    stub.IngestEvents.future(
+                        pb.IngestEventsRequest(event=event), metadata=tenant.auth, timeout=5
+                    )
                 )
+            for future in pending:
+                with contextlib.suppress(grpc.RpcError, grpc.FutureTimeoutError):
+                    future.result(timeout=5)
 
         host, port = self.gateway_target.rsplit(":", 1)
         path = f"/api/analytics/real-time/updates?subscriptionId={subscription}&format=sse"
