@@ -628,6 +628,7 @@ class Live:
         arrivals: dict[bytes, list[float]] = defaultdict(list)
         stamps: dict[bytes, float] = {}
         sizes: dict[bytes, int] = {}
+        origins: dict[bytes, float] = {}
         for r in results:
             for fid, raw in r["arrivals"].items():
                 a = array("d")
@@ -635,18 +636,22 @@ class Live:
                 arrivals[fid].extend(a)
             stamps.update(r["stamps"])
             sizes.update(r["sizes"])
+            origins.update(r["origins"])
             if r["sample"] and not self.sample_payload and sequential_ids:
                 self.sample_payload = r["sample"]
         offset = time.time() - time.monotonic()
         window = [f for f, s in stamps.items() if window_start <= s <= window_end]
-        delays, first_delays, lost = [], [], 0
+        delays, first_delays, origin_delays, lost = [], [], [], 0
         for fid in window:
             got = arrivals[fid]
             lost += max(0, connected - len(got))
             first = min(got)
+            origin = origins.get(fid) if sequential_ids else None
             for a in got:
                 delays.append((a + offset - stamps[fid]) * 1000)
                 first_delays.append((a - first) * 1000)
+                if origin is not None:
+                    origin_delays.append((a + offset - origin) * 1000)
         missing_ids = 0
         if sequential_ids and window:
             numbers = sorted(int(f) for f in window)
@@ -675,6 +680,13 @@ class Live:
             f"; RSS {rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MiB"
             + (f"; {missing_ids} ids nobody received" if missing_ids else "")
             + (
+                f"; from the server's update timestamp (includes waiting upstream of the "
+                f"gateway): p50 {_ms(percentile(origin_delays, 0.5))}, "
+                f"p99 {_ms(percentile(origin_delays, 0.99))}"
+                if origin_delays
+                else ""
+            )
+            + (
                 f"; PUBLISHING FELL SHORT of {1 / PUBLISH_INTERVAL:g}/s"
                 if len(window) < 0.8 * seconds / PUBLISH_INTERVAL
                 else ""
@@ -683,7 +695,8 @@ class Live:
         row.details.update(connected=connected, failures=failures, still_open=sum(
             r["still_open"] for r in results), rss_before=rss0, rss_after=rss1,
             p99_from_first_ms=percentile(first_delays, 0.99), cpu_percent=cpu,
-            mean_frame_bytes=mean_size, missing_ids=missing_ids)  # fmt: skip
+            mean_frame_bytes=mean_size, missing_ids=missing_ids,
+            p99_from_server_ms=percentile(origin_delays, 0.99))  # fmt: skip
         self.rows.append(row)
 
     # -- the report --

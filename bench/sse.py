@@ -52,6 +52,7 @@ class Recorder:
         self.arrivals: dict[bytes, array] = {}  # frame id -> arrival times (monotonic)
         self.stamps: dict[bytes, float] = {}  # frame id -> its "timestamp" (epoch seconds)
         self.sizes: dict[bytes, int] = {}
+        self.origins: dict[bytes, float] = {}  # frame id -> the update's own "timestamp"
         self.updates: list[tuple[float, str, int]] | None = [] if updates else None
         self.sample = b""
 
@@ -77,8 +78,11 @@ class Recorder:
                     self.sample = line[6:]
         if not isinstance(payload, dict):
             return
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
+        with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
             self.stamps[fid] = parse_timestamp(payload["timestamp"])
+        with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
+            # An update's own time: when the server published it.
+            self.origins[fid] = parse_timestamp(payload["data"]["timestamp"])
         if self.updates is not None and payload.get("type") == "update":
             update = payload["data"]
             metrics = update.get("data", {}).get("metrics", {})
@@ -224,6 +228,7 @@ async def _run(conn: Connection, spec: dict[str, Any]) -> dict[str, Any]:
         "arrivals": {k: v.tobytes() for k, v in recorder.arrivals.items()},
         "stamps": recorder.stamps,
         "sizes": recorder.sizes,
+        "origins": recorder.origins,
         "updates": recorder.updates,
         "sample": recorder.sample,
         "cpu_seconds": _cpu() - cpu0,
