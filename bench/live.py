@@ -658,7 +658,11 @@ class Live:
             missing_ids = numbers[-1] - numbers[0] + 1 - len(numbers)
             lost += missing_ids * connected
         kb = (rss1 - rss0) / max(1, connected) / 1024
-        p50, p99 = percentile(delays, 0.5), percentile(delays, 0.99)
+        # The gateway's frames: from the server's update time (end to end,
+        # including any wait upstream of the gateway); nchan's: from the
+        # publisher's time just before its POST.
+        primary = origin_delays or delays
+        p50, p99 = percentile(primary, 0.5), percentile(primary, 0.99)
         client_cpu = sum(r["cpu_seconds"] for r in results)
         row = Row(name, n, len(window), p50, p99, lost, kb)
         if target_ms is not None:
@@ -673,19 +677,14 @@ class Live:
             f"{connected:,}/{n:,} connected in {connect_seconds:.1f} s ({failures} failed), "
             f"{workers} client processes; {len(window)} frames in {seconds:g} s "
             f"({len(window) / seconds:.1f}/s, mean {mean_size:.0f} bytes); "
-            f"delay = arrival - the frame's timestamp; from the first subscriber's arrival: "
+            f"delay = arrival - {'the update' if origin_delays else 'the frame'}'s timestamp; "
+            f"from the gateway's frame timestamp: p50 {_ms(percentile(delays, 0.5))}, "
+            f"p99 {_ms(percentile(delays, 0.99))}; from the first subscriber's arrival: "
             f"p50 {_ms(percentile(first_delays, 0.5))}, p99 {_ms(percentile(first_delays, 0.99))}; "
             f"server-side CPU {cpu:.0f}%, client CPU "
             f"{client_cpu / (seconds + connect_seconds) * 100:.0f}%"
             f"; RSS {rss0 / 2**20:.0f} -> {rss1 / 2**20:.0f} MiB"
             + (f"; {missing_ids} ids nobody received" if missing_ids else "")
-            + (
-                f"; from the server's update timestamp (includes waiting upstream of the "
-                f"gateway): p50 {_ms(percentile(origin_delays, 0.5))}, "
-                f"p99 {_ms(percentile(origin_delays, 0.99))}"
-                if origin_delays
-                else ""
-            )
             + (
                 f"; PUBLISHING FELL SHORT of {1 / PUBLISH_INTERVAL:g}/s"
                 if len(window) < 0.8 * seconds / PUBLISH_INTERVAL
