@@ -677,9 +677,13 @@ class Live:
             f"{connected:,}/{n:,} connected in {connect_seconds:.1f} s ({failures} failed), "
             f"{workers} client processes; {len(window)} frames in {seconds:g} s "
             f"({len(window) / seconds:.1f}/s, mean {mean_size:.0f} bytes); "
-            f"delay = arrival - {'the update' if origin_delays else 'the frame'}'s timestamp; "
-            f"from the gateway's frame timestamp: p50 {_ms(percentile(delays, 0.5))}, "
-            f"p99 {_ms(percentile(delays, 0.99))}; from the first subscriber's arrival: "
+            + (
+                "delay = arrival - the update's timestamp; from the gateway's frame timestamp: "
+                f"p50 {_ms(percentile(delays, 0.5))}, p99 {_ms(percentile(delays, 0.99))}; "
+                if origin_delays
+                else "delay = arrival - the frame's timestamp; "
+            )
+            + "from the first subscriber's arrival: "
             f"p50 {_ms(percentile(first_delays, 0.5))}, p99 {_ms(percentile(first_delays, 0.99))}; "
             f"server-side CPU {cpu:.0f}%, client CPU "
             f"{client_cpu / (seconds + connect_seconds) * 100:.0f}%"
