@@ -23,9 +23,9 @@ from gateway.models import REQUEST_MODELS
 from gateway.responses import JsonResponse
 from gateway.routes import campaigns, ingest, metrics, subscriptions
 from gateway.settings import GatewaySettings
-from gateway.updates import UpdateStreams
+from gateway.updates import EventStreamFastPath, UpdateStreams
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_asgi_app"]
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -88,6 +88,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.include_router(module.router)
     app.openapi = _with_request_models(app.openapi)  # type: ignore[method-assign]
     return app
+
+
+def create_asgi_app(settings: GatewaySettings | None = None) -> EventStreamFastPath:
+    """What the server runs: the app, with Server-Sent Events served in front
+    of its middleware (``gateway.updates.EventStreamFastPath``)."""
+    return EventStreamFastPath(create_app(settings))
 
 
 def _with_request_models(openapi: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import uvicorn
 
-from gateway.app import create_app
+from gateway.app import create_asgi_app
 from gateway.settings import GatewaySettings
 
 __all__ = ["main", "serve"]
@@ -19,7 +19,7 @@ def serve(settings: GatewaySettings | None = None) -> None:
     """Serves the gateway until SIGINT or SIGTERM, then finishes the requests in flight."""
     settings = settings or GatewaySettings()
     config = uvicorn.Config(
-        create_app(settings),
+        create_asgi_app(settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",

@@ -141,14 +141,14 @@ class GatewayThread:
 
         import uvicorn
 
-        from gateway.app import create_app
+        from gateway.app import create_asgi_app
         from gateway.settings import GatewaySettings
 
         self._socket = socket.socket()
         self._socket.bind(("127.0.0.1", 0))
         self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        app = create_app(GatewaySettings(grpc_target=grpc_target, port=self.port, **settings))
+        app = create_asgi_app(GatewaySettings(grpc_target=grpc_target, port=self.port, **settings))
         config = uvicorn.Config(app, http="httptools", loop="asyncio", log_level="warning")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
