@@ -186,6 +186,13 @@ class UpdateStreams:
                 if channel.upstream is not None:
                     channel.upstream.cancel()
 
+    def following(self, subscription_id: str, metadata: tuple[tuple[str, str], ...]) -> bool:
+        """Whether an upstream stream already follows this subscription for
+        a caller with the same credentials (or none): the subscription was
+        checked then, and its stream would have ended were it removed since."""
+        channel = self._channels.get(subscription_id)
+        return channel is not None and (not metadata or metadata == channel.metadata)
+
     async def close(self) -> None:
         """Ends every stream (at shutdown)."""
         for channel in list(self._channels.values()):
@@ -292,14 +299,16 @@ class EventStreamFastPath:
             if not (text.isascii() and text.isprintable()):
                 return False
             metadata = (("authorization", text),)
-        try:
-            await stubs.subscriptions.GetSubscription(
-                GetSubscriptionRequest(subscription_id=subscription_id),
-                metadata=metadata,
-                timeout=self.app.state.settings.request_timeout,
-            )
-        except grpc.aio.AioRpcError:
-            return False  # the app answers with the error
+        streams: UpdateStreams = self.app.state.update_streams
+        if not streams.following(subscription_id, metadata):
+            try:
+                await stubs.subscriptions.GetSubscription(
+                    GetSubscriptionRequest(subscription_id=subscription_id),
+                    metadata=metadata,
+                    timeout=self.app.state.settings.request_timeout,
+                )
+            except grpc.aio.AioRpcError:
+                return False  # the app answers with the error
         response_headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
@@ -312,7 +321,6 @@ class EventStreamFastPath:
             response_headers.append((b"vary", b"origin"))
         resume = bool(headers.get(b"last-event-id") or query.get("lastEventId"))
         await send({"type": "http.response.start", "status": 200, "headers": response_headers})
-        streams: UpdateStreams = self.app.state.update_streams
         await streams.serve(subscription_id, metadata, resume, send, receive)
         with contextlib.suppress(OSError):  # the client may be gone already
             await send({"type": "http.response.body", "body": b"", "more_body": False})
