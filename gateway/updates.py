@@ -37,6 +37,11 @@ from gateway import codec
 log = logging.getLogger(__name__)
 
 RETRY_MS = 3000  # how soon a browser reconnects
+_EVENT_STREAM_HEADERS = (
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # no buffering by a proxy in front
+)
 MAX_BACKLOG = 256  # frames waiting for a write-paused connection
 # Upstream errors after which the subscription cannot be followed any more.
 _FINAL = {
@@ -140,6 +145,28 @@ class UpdateStreams:
     def __init__(self, stub: Callable[[], SubscriptionServiceStub | None]) -> None:
         self._stub = stub
         self._channels: dict[str, Channel] = {}
+
+    async def respond(
+        self,
+        subscription_id: str,
+        metadata: tuple[tuple[str, str], ...],
+        resume: bool,
+        send: Send,
+        receive: Receive,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """The whole SSE response of one connection: its head (with any extra
+        ``headers``), the frames until it ends, and its close."""
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [*_EVENT_STREAM_HEADERS, *(headers or ())],
+            }
+        )
+        await self.serve(subscription_id, metadata, resume, send, receive)
+        with contextlib.suppress(OSError):  # the client may be gone already
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def serve(
         self,
@@ -309,19 +336,12 @@ class EventStreamFastPath:
                 )
             except grpc.aio.AioRpcError:
                 return False  # the app answers with the error
-        response_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-            (b"x-accel-buffering", b"no"),
-        ]
+        response_headers = []
         origin = headers.get(b"origin")
         allowed = self.app.state.settings.cors_origins
         if origin is not None and ("*" in allowed or origin.decode("latin-1") in allowed):
             response_headers.append((b"access-control-allow-origin", origin))
             response_headers.append((b"vary", b"origin"))
         resume = bool(headers.get(b"last-event-id") or query.get("lastEventId"))
-        await send({"type": "http.response.start", "status": 200, "headers": response_headers})
-        await streams.serve(subscription_id, metadata, resume, send, receive)
-        with contextlib.suppress(OSError):  # the client may be gone already
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await streams.respond(subscription_id, metadata, resume, send, receive, response_headers)
         return True

@@ -1,7 +1,6 @@
 """Subscriptions: create and remove, poll queued updates, or receive them as
 Server-Sent Events (SubscriptionService)."""
 
-import contextlib
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Response
@@ -138,9 +137,9 @@ async def updates(
 
 
 class EventStream(Response):
-    """The SSE response: a bare ASGI response whose frames the app's
-    ``UpdateStreams`` writes straight to the connection (no generator, no
-    per-frame work on the framework's path)."""
+    """The SSE response, for an app served without ``EventStreamFastPath``
+    in front (which serves the same streams outside the middleware): the
+    app's ``UpdateStreams`` writes the frames to the connection."""
 
     media_type = "text/event-stream"
 
@@ -152,17 +151,4 @@ class EventStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         streams: UpdateStreams = scope["app"].state.update_streams
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream; charset=utf-8"),
-                    (b"cache-control", b"no-cache"),
-                    (b"x-accel-buffering", b"no"),
-                ],
-            }
-        )
-        await streams.serve(self.subscription_id, self.call.metadata, self.resume, send, receive)
-        with contextlib.suppress(OSError):  # the client may be gone already
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await streams.respond(self.subscription_id, self.call.metadata, self.resume, send, receive)

@@ -15,9 +15,7 @@ retried event changes nothing.
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 import psycopg
-from psycopg.types.json import set_json_dumps
 
 from server.store.schema import COUNTERS, ROLLUP_SUMS
 from server.store.staging_copy import encode_rows
@@ -51,7 +49,6 @@ STAGING_TYPES = (
 # duration, metadata (in jsonb's binary form: ``staging_copy.jsonb``)
 EventRow = tuple[str, bytes, str, int, int, int | None, str | None, float | None, bytes | None]
 
-set_json_dumps(orjson.dumps)
 
 _COLLATED = {"text": 'text COLLATE "C"'}  # ids compare bytewise, as in the tables
 _STAGING_DDL = (
