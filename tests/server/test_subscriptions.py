@@ -11,17 +11,10 @@ from collections.abc import Iterator
 import grpc
 import pytest
 from support import ServerThread, Tenant, event, make_tenant
+from tests_live import ingest
 
 from clients import pb
 from server.domain import Role
-
-
-def ingest(target: str, tenant: Tenant, *events: pb.Event) -> None:
-    with grpc.insecure_channel(target) as channel:
-        reply = pb.IngestServiceStub(channel).IngestEvents(
-            pb.IngestEventsRequest(events=events), metadata=tenant.auth(Role.INGEST)
-        )
-    assert reply.accepted == len(events)
 
 
 def next_update(stream: Iterator[pb.StreamUpdatesResponse]) -> pb.AnalyticsUpdate:
