@@ -56,6 +56,9 @@ DEFAULT_WINDOW = 3600
 
 _T = TypeVar("_T")
 
+# For calls that must not be repeated.
+_ONCE = RetryPolicy(max_attempts=1)
+
 ChannelOptions = Sequence[tuple[str, Any]]
 
 
@@ -174,6 +177,24 @@ def _stream_updates_request(
     )
 
 
+def _simulate_request(
+    action: str | int,
+    campaign_ids: Iterable[str],
+    organization_id: str,
+    simulation_id: str,
+    options: dict[str, float | int],
+) -> pb.SimulateRequest:
+    if isinstance(action, str):
+        action = pb.SimulationAction.Value(f"SIMULATION_ACTION_{action.upper()}")
+    return pb.SimulateRequest(
+        action=action,  # type: ignore[arg-type]
+        organization_id=organization_id,
+        campaign_ids=campaign_ids,
+        options=pb.SimulationOptions(**options),  # type: ignore[arg-type]
+        simulation_id=simulation_id,
+    )
+
+
 class AnalyticsClient(_BaseClient):
     """Blocking client of the analytics service.
 
@@ -213,6 +234,7 @@ class AnalyticsClient(_BaseClient):
         self._metrics = pb.MetricsServiceStub(self._channel)
         self._campaigns = pb.CampaignServiceStub(self._channel)
         self._subscriptions = pb.SubscriptionServiceStub(self._channel)
+        self._simulation = pb.SimulationServiceStub(self._channel)
 
     def __enter__(self) -> Self:
         self._check_reopen()
@@ -243,8 +265,10 @@ class AnalyticsClient(_BaseClient):
         timeout: float | None,
         *,
         stream: bool = False,
+        retry: bool = True,
     ) -> _T:
-        """Sends ``request`` (for a stream: the list of its messages)."""
+        """Sends ``request`` (for a stream: the list of its messages); with
+        ``retry`` false, once only (a call that is not safe to repeat)."""
         self._check_open()
 
         def attempt(time_left: float | None) -> _T:
@@ -254,7 +278,7 @@ class AnalyticsClient(_BaseClient):
 
         return call_with_retry(
             attempt,
-            policy=self._retry,
+            policy=self._retry if retry else _ONCE,
             timeout=self._call_timeout(timeout),
             closed=self._closed,
             name=name,
@@ -432,12 +456,44 @@ class AnalyticsClient(_BaseClient):
             if self._closed.wait(self._retry.backoff(failures)):
                 raise ClientClosedError("the client was closed")
 
+    # SimulationService
+
+    def simulate(
+        self,
+        action: str | int = "start",
+        campaign_ids: Iterable[str] = (),
+        *,
+        organization_id: str = "",
+        simulation_id: str = "",
+        timeout: float | None = None,
+        **options: float | int,
+    ) -> pb.SimulateResponse:
+        """Controls simulated traffic: ``"start"`` a continuous simulation,
+        ``"stop"`` one (``simulation_id``) or all, generate a ``"burst"``, or
+        simulate a ``"journey"`` per campaign. ``options`` are the fields of
+        ``SimulationOptions`` (``events_per_minute=120``, ``duration=30``,
+        ``count=500``, ``seed=1``, ...). Only stop is retried: a repeated
+        start, burst or journey would generate its events twice."""
+        request = _simulate_request(action, campaign_ids, organization_id, simulation_id, options)
+        retry = request.action == pb.SimulationAction.SIMULATION_ACTION_STOP
+        return self._call("Simulate", self._simulation.Simulate, request, timeout, retry=retry)
+
+    def simulation_status(
+        self, organization_id: str = "", *, timeout: float | None = None
+    ) -> pb.GetSimulationStatusResponse:
+        """The organization's simulations: running ones and recently ended ones."""
+        request = pb.GetSimulationStatusRequest(organization_id=organization_id)
+        return self._call(
+            "GetSimulationStatus", self._simulation.GetSimulationStatus, request, timeout
+        )
+
 
 class _AsyncStubs(NamedTuple):
     ingest: pb.IngestServiceStub
     metrics: pb.MetricsServiceStub
     campaigns: pb.CampaignServiceStub
     subscriptions: pb.SubscriptionServiceStub
+    simulation: pb.SimulationServiceStub
 
 
 class AsyncAnalyticsClient(_BaseClient):
@@ -511,6 +567,7 @@ class AsyncAnalyticsClient(_BaseClient):
                 metrics=pb.MetricsServiceStub(channel),
                 campaigns=pb.CampaignServiceStub(channel),
                 subscriptions=pb.SubscriptionServiceStub(channel),
+                simulation=pb.SimulationServiceStub(channel),
             )
         return self._async_stubs
 
@@ -522,8 +579,10 @@ class AsyncAnalyticsClient(_BaseClient):
         timeout: float | None,
         *,
         stream: bool = False,
+        retry: bool = True,
     ) -> _T:
-        """Sends ``request`` (for a stream: the list of its messages)."""
+        """Sends ``request`` (for a stream: the list of its messages); with
+        ``retry`` false, once only (a call that is not safe to repeat)."""
         self._check_open()
 
         async def attempt(time_left: float | None) -> _T:
@@ -533,7 +592,7 @@ class AsyncAnalyticsClient(_BaseClient):
 
         return await call_with_retry_async(
             attempt,
-            policy=self._retry,
+            policy=self._retry if retry else _ONCE,
             timeout=self._call_timeout(timeout),
             closed=self._closed,
             name=name,
@@ -731,3 +790,31 @@ class AsyncAnalyticsClient(_BaseClient):
             except TimeoutError:
                 continue
             raise ClientClosedError("the client was closed")
+
+    # SimulationService
+
+    async def simulate(
+        self,
+        action: str | int = "start",
+        campaign_ids: Iterable[str] = (),
+        *,
+        organization_id: str = "",
+        simulation_id: str = "",
+        timeout: float | None = None,
+        **options: float | int,
+    ) -> pb.SimulateResponse:
+        """See ``AnalyticsClient.simulate``."""
+        request = _simulate_request(action, campaign_ids, organization_id, simulation_id, options)
+        retry = request.action == pb.SimulationAction.SIMULATION_ACTION_STOP
+        return await self._call(
+            "Simulate", self._stubs().simulation.Simulate, request, timeout, retry=retry
+        )
+
+    async def simulation_status(
+        self, organization_id: str = "", *, timeout: float | None = None
+    ) -> pb.GetSimulationStatusResponse:
+        """The organization's simulations: running ones and recently ended ones."""
+        request = pb.GetSimulationStatusRequest(organization_id=organization_id)
+        return await self._call(
+            "GetSimulationStatus", self._stubs().simulation.GetSimulationStatus, request, timeout
+        )

@@ -56,6 +56,22 @@ from clients._gen.analytics.v1.metrics_service_pb2_grpc import (
     MetricsServiceStub,
     add_MetricsServiceServicer_to_server,
 )
+from clients._gen.analytics.v1.simulation_service_pb2 import (
+    GetSimulationStatusRequest,
+    GetSimulationStatusResponse,
+    SimulateRequest,
+    SimulateResponse,
+    Simulation,
+    SimulationAction,
+    SimulationOptions,
+    SimulationState,
+    SimulationStatus,
+)
+from clients._gen.analytics.v1.simulation_service_pb2_grpc import (
+    SimulationServiceServicer,
+    SimulationServiceStub,
+    add_SimulationServiceServicer_to_server,
+)
 from clients._gen.analytics.v1.subscription_service_pb2 import (
     AnalyticsUpdate,
     CreateSubscriptionRequest,
@@ -87,6 +103,7 @@ SERVICE_NAMES = (
     "analytics.v1.MetricsService",
     "analytics.v1.CampaignService",
     "analytics.v1.SubscriptionService",
+    "analytics.v1.SimulationService",
 )
 
 __all__ = [
@@ -111,6 +128,8 @@ __all__ = [
     "GetDashboardResponse",
     "GetPipelineStatusRequest",
     "GetPipelineStatusResponse",
+    "GetSimulationStatusRequest",
+    "GetSimulationStatusResponse",
     "GetSubscriptionRequest",
     "GetSubscriptionResponse",
     "GetSubscriptionStatsRequest",
@@ -132,6 +151,15 @@ __all__ = [
     "PipelineStatus",
     "RealTimeMetrics",
     "RejectedEvent",
+    "SimulateRequest",
+    "SimulateResponse",
+    "Simulation",
+    "SimulationAction",
+    "SimulationOptions",
+    "SimulationServiceServicer",
+    "SimulationServiceStub",
+    "SimulationState",
+    "SimulationStatus",
     "StreamEventsRequest",
     "StreamEventsResponse",
     "StreamUpdatesRequest",
@@ -146,5 +174,6 @@ __all__ = [
     "add_CampaignServiceServicer_to_server",
     "add_IngestServiceServicer_to_server",
     "add_MetricsServiceServicer_to_server",
+    "add_SimulationServiceServicer_to_server",
     "add_SubscriptionServiceServicer_to_server",
 ]

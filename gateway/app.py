@@ -15,13 +15,14 @@ from clients.pb import (
     CampaignServiceStub,
     IngestServiceStub,
     MetricsServiceStub,
+    SimulationServiceStub,
     SubscriptionServiceStub,
 )
 from gateway.deps import Stubs
 from gateway.errors import install_error_handlers
 from gateway.models import REQUEST_MODELS
 from gateway.responses import JsonResponse
-from gateway.routes import campaigns, ingest, metrics, subscriptions
+from gateway.routes import campaigns, ingest, metrics, simulation, subscriptions
 from gateway.settings import GatewaySettings
 from gateway.updates import EventStreamFastPath, UpdateStreams
 
@@ -31,7 +32,8 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 DESCRIPTION = """\
 Real-time campaign analytics over REST: ingest events, read live campaign
-metrics, pipeline status and dashboards. Every call needs an API key of the
+metrics, pipeline status and dashboards, follow live updates (polling or
+Server-Sent Events) and run simulated traffic. Every call needs an API key of the
 organization, sent as `authorization: Bearer <key>`. Errors carry `error`,
 `code` (the gRPC status number), `message`, `details` and `timestamp`.
 """
@@ -54,6 +56,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             metrics=MetricsServiceStub(channel),
             campaigns=CampaignServiceStub(channel),
             subscriptions=SubscriptionServiceStub(channel),
+            simulations=SimulationServiceStub(channel),
         )
         try:
             yield
@@ -84,7 +87,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         allow_headers=["authorization", "content-type", "last-event-id", "grpc-timeout"],
         expose_headers=["retry-after"],
     )
-    for module in (ingest, metrics, campaigns, subscriptions):
+    for module in (ingest, metrics, campaigns, subscriptions, simulation):
         app.include_router(module.router)
     app.openapi = _with_request_models(app.openapi)  # type: ignore[method-assign]
     return app

@@ -1,6 +1,7 @@
 """Dependencies of the routes, as ``Annotated`` aliases.
 
-- ``IngestStub``, ``MetricsStub``, ``CampaignStub``, ``SubscriptionStub``: the gRPC stubs on the one
+- ``IngestStub``, ``MetricsStub``, ``CampaignStub``, ``SubscriptionStub``,
+  ``SimulationStub``: the gRPC stubs on the one
   channel the app opened at start-up.
 - ``Call``: the caller's ``authorization`` header, forwarded as gRPC metadata,
   and the call's deadline.
@@ -19,6 +20,7 @@ from clients.pb import (
     CampaignServiceStub,
     IngestServiceStub,
     MetricsServiceStub,
+    SimulationServiceStub,
     SubscriptionServiceStub,
 )
 from gateway.errors import GatewayError
@@ -32,6 +34,7 @@ __all__ = [
     "IngestStub",
     "MetricsStub",
     "RawBody",
+    "SimulationStub",
     "Stubs",
     "SubscriptionStub",
     "TimeWindow",
@@ -49,6 +52,7 @@ class Stubs:
     metrics: MetricsServiceStub
     campaigns: CampaignServiceStub
     subscriptions: SubscriptionServiceStub
+    simulations: SimulationServiceStub
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +95,10 @@ async def _subscription_stub(
     stubs: Annotated[Stubs, Depends(_stubs)],
 ) -> SubscriptionServiceStub:
     return stubs.subscriptions
+
+
+async def _simulation_stub(stubs: Annotated[Stubs, Depends(_stubs)]) -> SimulationServiceStub:
+    return stubs.simulations
 
 
 # Documents the key in the API description; the header is forwarded as it came.
@@ -163,6 +171,7 @@ IngestStub = Annotated[IngestServiceStub, Depends(_ingest_stub)]
 MetricsStub = Annotated[MetricsServiceStub, Depends(_metrics_stub)]
 CampaignStub = Annotated[CampaignServiceStub, Depends(_campaign_stub)]
 SubscriptionStub = Annotated[SubscriptionServiceStub, Depends(_subscription_stub)]
+SimulationStub = Annotated[SimulationServiceStub, Depends(_simulation_stub)]
 Call = Annotated[CallOptions, Depends(_call_options)]
 RawBody = Annotated[bytes, Depends(_raw_body)]
 CampaignIdPath = Annotated[str, Path(description="The campaign's id.", examples=["camp_123"])]

@@ -32,6 +32,12 @@ __all__ = [
     "PipelineStatusResponse",
     "RealTimeMetrics",
     "RejectedEvent",
+    "SimulateRequest",
+    "SimulateResponse",
+    "Simulation",
+    "SimulationOptions",
+    "SimulationStatus",
+    "SimulationStatusResponse",
     "TopCampaign",
     "TrendPoint",
 ]
@@ -346,6 +352,90 @@ class UpdatesResponse(BaseModel):
     timestamp: Time
 
 
+class SimulationOptions(BaseModel):
+    """Knobs of a simulation; an unset one takes its default."""
+
+    eventsPerMinute: float | None = Field(
+        None, examples=[120], description="start: events per minute (default 60, at most 600,000)."
+    )
+    duration: float | None = Field(
+        None, examples=[30], description="start: minutes it runs (default 60, at most 10,080)."
+    )
+    impressionRate: float | None = Field(
+        None, examples=[0.7], description="Share of impressions (default 0.7)."
+    )
+    clickRate: float | None = Field(None, examples=[0.25], description="Share of clicks (0.25).")
+    conversionRate: float | None = Field(
+        None,
+        examples=[0.05],
+        description="Share of conversions (0.05). The three rates add up to at most 1; the rest "
+        "is spread over view, engagement, completion and skip.",
+    )
+    count: int | None = Field(
+        None, examples=[500], description="burst: events (default 100, at most 100,000)."
+    )
+    seed: int | None = Field(
+        None, description="Makes the events reproducible (but for their ids and times)."
+    )
+
+
+class SimulateRequest(BaseModel):
+    action: str = Field(
+        "start",
+        description="start, stop, burst or journey (one user journey per campaign).",
+        json_schema_extra={"enum": ["start", "stop", "burst", "journey"]},
+    )
+    organizationId: str = Field(examples=["org_456"])
+    campaignIds: list[str] | None = Field(
+        None, examples=[["camp_123", "camp_124"]], description="Required but for stop."
+    )
+    options: SimulationOptions | None = None
+    simulationId: str | None = Field(
+        None, description="stop: the simulation to stop; none stops all of the organization's."
+    )
+
+
+class Simulation(BaseModel):
+    id: str
+    organizationId: str
+    campaignIds: list[str]
+    options: SimulationOptions = Field(description="The options in use, defaults filled in.")
+    state: str = Field(
+        description="running, completed, stopped or failed.",
+        json_schema_extra={"enum": ["running", "completed", "stopped", "failed"]},
+    )
+    eventsSent: Count = Field(description="Events accepted so far.")
+    eventsFailed: Count = Field(description="Events rejected, or not committed.")
+    startTime: Time
+    endTime: Time = Field(description="When it ends (running) or ended.")
+    error: str = Field(description="Why it failed, or why events were not committed.")
+
+
+class SimulateResponse(BaseModel):
+    success: bool
+    message: str = Field(examples=["Analytics simulation started"])
+    campaignIds: list[str]
+    options: SimulationOptions | None
+    simulation: Simulation | None = Field(description="start: the new simulation.")
+    stopped: list[Simulation] = Field(description="stop: the simulations stopped.")
+    count: Count = Field(description="burst, journey: events generated.")
+    accepted: Count = Field(description="burst, journey: events committed as new.")
+    sessionIds: list[str] = Field(description="journey: each campaign's session.")
+    timestamp: Time
+
+
+class SimulationStatus(BaseModel):
+    isRunning: bool
+    simulations: list[Simulation] = Field(description="Running ones, then recently ended ones.")
+    eventsSent: Count
+
+
+class SimulationStatusResponse(BaseModel):
+    success: bool
+    status: SimulationStatus
+    timestamp: Time
+
+
 class ErrorResponse(BaseModel):
     """An error, in the grpc-gateway style."""
 
@@ -363,16 +453,22 @@ class ErrorResponse(BaseModel):
 # ---------------------------------------------------------------------------
 
 #: Request body models, added to the API description's components.
-REQUEST_MODELS: tuple[type[BaseModel], ...] = (Event, IngestRequest, NewCampaign, NewSubscription)
+REQUEST_MODELS: tuple[type[BaseModel], ...] = (
+    Event,
+    IngestRequest,
+    NewCampaign,
+    NewSubscription,
+    SimulateRequest,
+)
 
 _ERROR_DESCRIPTIONS = {
     400: "The request is malformed, or a parameter or event is invalid.",
     401: "No API key, or an unknown one.",
     403: "The key may not act on this organization, or lacks the role.",
-    404: "The campaign does not exist.",
+    404: "The campaign (or subscription, or simulation) does not exist.",
     409: "The id is taken.",
     413: "The body is larger than the gateway accepts.",
-    429: "The ingest buffer is full: retry after Retry-After seconds.",
+    429: "The ingest buffer is full (or a limit is reached): retry after Retry-After seconds.",
     503: "The server or its database cannot be reached: retry after Retry-After seconds.",
     504: "The server did not answer within the deadline.",
 }

@@ -25,8 +25,10 @@ from server.metrics.reader import MetricsReader
 from server.services.campaigns import CampaignServicer
 from server.services.ingest import IngestServicer
 from server.services.metrics import MetricsServicer
+from server.services.simulation import SimulationServicer
 from server.services.subscriptions import SubscriptionServicer
 from server.settings import ServerSettings
+from server.simulation.simulations import Simulations
 from server.store import migrate
 from server.store.database import libpq_url, sqlalchemy_url
 from server.updates.hub import UpdateHub
@@ -47,6 +49,7 @@ class Components:
     reader: MetricsReader
     hub: UpdateHub
     publisher: UpdatePublisher
+    simulations: Simulations
 
 
 class AnalyticsServer:
@@ -99,7 +102,10 @@ class AnalyticsServer:
             min_interval=s.update_interval_ms / 1000,
             sweep_interval=min(30.0, s.subscription_idle_seconds / 2),
         )
-        self.components = Components(engine, keys, writer, pipeline, reader, hub, publisher)
+        simulations = Simulations(pipeline)
+        self.components = Components(
+            engine, keys, writer, pipeline, reader, hub, publisher, simulations
+        )
         await writer.start()
         await publisher.start()
 
@@ -118,6 +124,7 @@ class AnalyticsServer:
         pb.add_SubscriptionServiceServicer_to_server(
             SubscriptionServicer(keys, hub, campaigns, reader, s.heartbeat_seconds), server
         )
+        pb.add_SimulationServiceServicer_to_server(SimulationServicer(keys, simulations), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*pb.SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -145,6 +152,8 @@ class AnalyticsServer:
                 await self._monitor
         await self._health.enter_graceful_shutdown()
         if self.components is not None:
+            # Simulations commit their batch in flight and end.
+            await self.components.simulations.close(timeout=min(5.0, grace))
             # Update streams end now, cleanly, rather than at the grace's end.
             await self.components.publisher.stop()
             self.components.hub.close_all()

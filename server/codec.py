@@ -16,6 +16,7 @@ from server.ingest.validation import IncomingEvent, truncate_ip
 from server.ingest.writer import WriterStats
 from server.metrics.formulas import MICROS, CampaignMetrics
 from server.metrics.reader import Dashboard
+from server.simulation.simulations import Options, Simulation, State
 from server.updates.hub import Subscription, Update
 
 # EventMetadata's fields by number: for the string fields, the JSON (camelCase)
@@ -343,4 +344,65 @@ def encode_subscription(subscription: Subscription) -> pb.Subscription:
         active=not subscription.closed,
         create_time=timestamp(subscription.created_at),
         time_window=subscription.time_window,
+    )
+
+
+# -- simulations -------------------------------------------------------------
+
+_OPTION_FIELDS = (
+    "events_per_minute",
+    "duration",
+    "impression_rate",
+    "click_rate",
+    "conversion_rate",
+    "count",
+    "seed",
+)
+_STATES = {
+    State.RUNNING: pb.SimulationState.SIMULATION_STATE_RUNNING,
+    State.COMPLETED: pb.SimulationState.SIMULATION_STATE_COMPLETED,
+    State.STOPPED: pb.SimulationState.SIMULATION_STATE_STOPPED,
+    State.FAILED: pb.SimulationState.SIMULATION_STATE_FAILED,
+}
+
+
+def decode_simulation_options(message: pb.SimulationOptions) -> dict[str, float | int]:
+    """The options the request sets, by name (unset ones take their defaults)."""
+    return {
+        name: getattr(message, name)
+        for name in _OPTION_FIELDS
+        if message.HasField(name)  # type: ignore[arg-type]
+    }
+
+
+def encode_simulation_options(options: Options) -> pb.SimulationOptions:
+    return pb.SimulationOptions(
+        events_per_minute=options.events_per_minute,
+        duration=options.duration,
+        impression_rate=options.impression_rate,
+        click_rate=options.click_rate,
+        conversion_rate=options.conversion_rate,
+        count=options.count,
+        seed=options.seed,
+    )
+
+
+def _unix_timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(round(seconds * 1e9))
+    return ts
+
+
+def encode_simulation(simulation: Simulation) -> pb.Simulation:
+    return pb.Simulation(
+        id=simulation.id,
+        organization_id=simulation.organization_id,
+        campaign_ids=simulation.campaign_ids,
+        options=encode_simulation_options(simulation.options),
+        state=_STATES[simulation.state],
+        events_sent=simulation.events_sent,
+        events_failed=simulation.events_failed,
+        start_time=_unix_timestamp(simulation.started_at),
+        end_time=_unix_timestamp(simulation.ends_at),
+        error=simulation.error,
     )

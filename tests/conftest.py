@@ -56,6 +56,7 @@ def stubs(channel: grpc.Channel) -> Stubs:
         pb.IngestServiceStub(channel),
         pb.MetricsServiceStub(channel),
         pb.CampaignServiceStub(channel),
+        pb.SimulationServiceStub(channel),
     )
 
 

@@ -59,6 +59,7 @@ class Stubs:
     ingest: pb.IngestServiceStub
     metrics: pb.MetricsServiceStub
     campaigns: pb.CampaignServiceStub
+    simulation: pb.SimulationServiceStub
 
 
 @dataclass

@@ -6,12 +6,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
-import psycopg
-import sqlalchemy.exc
 
 from server import errors
 from server.auth import KeyStore
 from server.domain import Principal, Role
+from server.store.database import DATABASE_UNREACHABLE
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +24,6 @@ _CODES: dict[type[errors.ServiceError], grpc.StatusCode] = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
-# Failures to reach PostgreSQL (as opposed to bugs): the caller should retry.
-DATABASE_UNREACHABLE = (
-    psycopg.OperationalError,
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,
-    OSError,
-)
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
@@ -80,11 +71,16 @@ class Authenticated:
     def __init__(self, keys: KeyStore) -> None:
         self._keys = keys
 
-    async def caller(self, context: grpc.aio.ServicerContext, role: Role) -> Principal:
+    async def caller(
+        self, context: grpc.aio.ServicerContext, role: Role, *other_roles: Role
+    ) -> Principal:
+        """The caller, whose key must have ``role`` (or one of ``other_roles``)."""
         principal = await self._keys.authenticate(authorization(context))
-        if not principal.may(role):
+        roles = (role, *other_roles)
+        if not any(principal.may(r) for r in roles):
+            needed = " or ".join(str(r) for r in roles)
             raise errors.PermissionDenied(
-                f"the key's role ({principal.role}) does not allow this; it needs {role}"
+                f"the key's role ({principal.role}) does not allow this; it needs {needed}"
             )
         return principal
 
@@ -102,3 +98,12 @@ def same_organization(principal: Principal, organization_id: str) -> str:
     if organization_id and organization_id != principal.organization_id:
         raise errors.PermissionDenied(f"the key may not act on organization {organization_id!r}")
     return principal.organization_id
+
+
+def commit_budget(context: grpc.aio.ServicerContext) -> float | None:
+    """The time a call may wait for its commit: its deadline, less a margin so
+    that it can still answer (UNAVAILABLE, retry) before the caller gives up."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return max(0.0, remaining - min(0.25, remaining / 10))

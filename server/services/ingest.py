@@ -12,7 +12,7 @@ from server.domain import Role
 from server.errors import InvalidArgument, NotFound, PermissionDenied
 from server.ingest.pipeline import IngestPipeline, IngestResult
 from server.ingest.validation import IncomingEvent
-from server.services.common import Authenticated, reports_errors
+from server.services.common import Authenticated, commit_budget, reports_errors
 
 # Events of one stream validated and waiting for their commit at once: enough
 # for the writer's group commit to form large batches, bounded so that a
@@ -39,7 +39,7 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
             principal,
             codec.decode_events(messages, undecodable=undecodable),
             codec.decode_undecodable(request.undecodable_events),
-            timeout=_budget(context),
+            timeout=commit_budget(context),
         )
         if single:
             _raise_if_rejected(result)
@@ -75,7 +75,7 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
         if not event.organization_id:
             event.organization_id = principal.organization_id
         result = await self._pipeline.ingest(
-            principal, [codec.decode_event(event, 0)], timeout=_budget(context)
+            principal, [codec.decode_event(event, 0)], timeout=commit_budget(context)
         )
         _raise_if_rejected(result)
         return pb.IngestCampaignEventResponse(
@@ -109,7 +109,7 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
                 # A stream waits for room in a full buffer instead of failing:
                 # while it waits it reads no further, which slows the sender.
                 result = await self._pipeline.ingest(
-                    principal, events, timeout=_budget(context), wait_for_room=True
+                    principal, events, timeout=commit_budget(context), wait_for_room=True
                 )
                 total.accepted += result.accepted
                 total.duplicates += result.duplicates
@@ -152,15 +152,6 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
             timestamp=codec.now_timestamp(),
             batches=batches,
         )
-
-
-def _budget(context: grpc.aio.ServicerContext) -> float | None:
-    """The time a call may wait for its commit: its deadline, less a margin so
-    that it can still answer (UNAVAILABLE, retry) before the caller gives up."""
-    remaining = context.time_remaining()
-    if remaining is None:
-        return None
-    return max(0.0, remaining - min(0.25, remaining / 10))
 
 
 class _EventWindow:

@@ -10,11 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import sqlalchemy.exc
 from sqlalchemy.engine import make_url
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_DATABASE = "campaign_analytics"
+
+# Failures to reach PostgreSQL (as opposed to bugs): the caller should retry.
+DATABASE_UNREACHABLE = (
+    psycopg.OperationalError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    OSError,
+)
 _embedded_servers: list[Any] = []  # kept alive for the process's lifetime
 
 

@@ -9,6 +9,7 @@ from support import ServerThread, Tenant
 from clients import (
     AnalyticsClient,
     AsyncAnalyticsClient,
+    InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
     make_event,
@@ -54,6 +55,18 @@ def test_sync_client_covers_every_rpc(analytics_server: ServerThread, tenant: Te
         with pytest.raises(NotFoundError):
             client.get_campaign_metrics("camp_that_does_not_exist")
 
+        burst = client.simulate("burst", [campaign], count=50, seed=1)
+        assert (burst.count, burst.accepted) == (50, 50)
+        journey = client.simulate("journey", [campaign])
+        assert journey.accepted == journey.count and len(journey.session_ids) == 1
+        started = client.simulate("start", [campaign], events_per_minute=60, duration=5)
+        assert client.simulation_status().status.is_running
+        stopped = client.simulate("stop", simulation_id=started.simulation.id)
+        assert [s.id for s in stopped.stopped] == [started.simulation.id]
+        assert not client.simulation_status().status.is_running
+        with pytest.raises(InvalidArgumentError, match="clickRate"):
+            client.simulate("burst", [campaign], click_rate=2)
+
 
 def test_async_client(analytics_server: ServerThread, tenant: Tenant, other_tenant: Tenant) -> None:
     org, campaign = tenant.organization_id, tenant.campaign_ids[1]
@@ -74,5 +87,11 @@ def test_async_client(analytics_server: ServerThread, tenant: Tenant, other_tena
             with pytest.raises(PermissionDeniedError):
                 theirs = other_tenant.campaign_ids[0]
                 await client.ingest([make_event("click", theirs, other_tenant.organization_id)])
+            burst = await client.simulate("burst", [campaign], count=20)
+            assert burst.accepted == 20
+            with pytest.raises(PermissionDeniedError):
+                await client.simulate("journey", other_tenant.campaign_ids[:1])
+            status = await client.simulation_status()
+            assert status.success and not status.status.is_running
 
     asyncio.run(run())
