@@ -359,6 +359,26 @@ class AnalyticsClient(_BaseClient):
         request = pb.GetDashboardRequest(organization_id=organization_id, time_window=time_window)
         return self._call("GetDashboard", self._metrics.GetDashboard, request, timeout)
 
+    def get_trends(
+        self,
+        campaign_id: str = "",
+        time_window: int = DEFAULT_WINDOW,
+        step: int = 0,
+        *,
+        organization_id: str = "",
+        timeout: float | None = None,
+    ) -> pb.GetTrendsResponse:
+        """A campaign's metrics (none named: the organization's) over the last
+        ``time_window`` seconds (up to 400 days) as points of ``step`` seconds
+        (0: a round step giving at most 300 points)."""
+        request = pb.GetTrendsRequest(
+            organization_id=organization_id,
+            campaign_id=campaign_id,
+            time_window=time_window,
+            step=step,
+        )
+        return self._call("GetTrends", self._metrics.GetTrends, request, timeout)
+
     # CampaignService
 
     def create_campaign(
@@ -688,6 +708,24 @@ class AsyncAnalyticsClient(_BaseClient):
         return await self._call(
             "GetDashboard", self._stubs().metrics.GetDashboard, request, timeout
         )
+
+    async def get_trends(
+        self,
+        campaign_id: str = "",
+        time_window: int = DEFAULT_WINDOW,
+        step: int = 0,
+        *,
+        organization_id: str = "",
+        timeout: float | None = None,
+    ) -> pb.GetTrendsResponse:
+        """See ``AnalyticsClient.get_trends``."""
+        request = pb.GetTrendsRequest(
+            organization_id=organization_id,
+            campaign_id=campaign_id,
+            time_window=time_window,
+            step=step,
+        )
+        return await self._call("GetTrends", self._stubs().metrics.GetTrends, request, timeout)
 
     # CampaignService
 

@@ -50,6 +50,8 @@ from clients._gen.analytics.v1.metrics_service_pb2 import (
     GetDashboardResponse,
     GetPipelineStatusRequest,
     GetPipelineStatusResponse,
+    GetTrendsRequest,
+    GetTrendsResponse,
 )
 from clients._gen.analytics.v1.metrics_service_pb2_grpc import (
     MetricsServiceServicer,
@@ -134,6 +136,8 @@ __all__ = [
     "GetSubscriptionResponse",
     "GetSubscriptionStatsRequest",
     "GetSubscriptionStatsResponse",
+    "GetTrendsRequest",
+    "GetTrendsResponse",
     "GetUpdatesRequest",
     "GetUpdatesResponse",
     "Heartbeat",

@@ -40,6 +40,7 @@ __all__ = [
     "SimulationStatusResponse",
     "TopCampaign",
     "TrendPoint",
+    "TrendsResponse",
 ]
 
 _EVENT_TYPE_WORDS = [
@@ -349,6 +350,20 @@ class UpdatesResponse(BaseModel):
     subscriptionId: str
     updates: list[AnalyticsUpdate] = Field(description="The queued updates; the queue is drained.")
     count: Count
+    timestamp: Time
+
+
+class TrendsResponse(BaseModel):
+    success: bool
+    organizationId: str
+    campaignId: str = Field(description="Empty for the organization's trend.")
+    timeWindow: Count = Field(description="Seconds the points cover: points x step.")
+    step: Count = Field(description="Seconds per point.")
+    totals: RealTimeMetrics = Field(description="The metrics over all the points.")
+    points: list[RealTimeMetrics] = Field(
+        description="Oldest first, aligned to multiples of step (UTC); each covers step "
+        "seconds from its windowStart. A point without events is zeros."
+    )
     timestamp: Time
 
 

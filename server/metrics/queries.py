@@ -4,6 +4,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Integer, and_, cast, extract, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -34,12 +35,17 @@ async def campaign_totals(
 
     totals: dict[str, Totals] = {}
     for campaign_id, *sums in await conn.execute(rollups.group_by(r.c.campaign_id)):
-        values = dict(zip(ROLLUP_SUMS, sums, strict=True))
-        totals[campaign_id] = Totals(
-            **{name: int(values[name]) for name in ROLLUP_SUMS if name != "view_time_sum"},
-            view_time_sum=float(values["view_time_sum"]),
-        )
+        totals[campaign_id] = totals_of(sums)
     return totals
+
+
+def totals_of(sums: Sequence[Any]) -> Totals:
+    """Totals from the sums of the ``ROLLUP_SUMS`` columns, in that order."""
+    values = dict(zip(ROLLUP_SUMS, sums, strict=True))
+    return Totals(
+        **{name: int(values[name]) for name in ROLLUP_SUMS if name != "view_time_sum"},
+        view_time_sum=float(values["view_time_sum"]),
+    )
 
 
 @dataclass(slots=True)

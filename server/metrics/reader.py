@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from server.metrics import queries
 from server.metrics.formulas import CampaignMetrics, Totals
 from server.metrics.queries import TrendBucket
+from server.metrics.trends import Trend, TrendRange, read_trend
 from server.metrics.window import Window
 
 TOP_CAMPAIGNS = 5
@@ -46,6 +47,10 @@ class MetricsReader:
         """Each active campaign's metrics, and the organization's totals."""
         campaigns = await self.organization(organization_id, window)
         return campaigns, summarize(organization_id, window, campaigns)
+
+    async def trend(self, organization_id: str, campaign_id: str, span: TrendRange) -> Trend:
+        """The campaign's trend, or the organization's when ``campaign_id`` is empty."""
+        return await read_trend(self._engine, organization_id, campaign_id, span)
 
     async def dashboard(self, organization_id: str, window: Window) -> Dashboard:
         async with self._engine.connect() as conn:

@@ -1,4 +1,4 @@
-"""MetricsService: campaign metrics, pipeline status and the dashboard."""
+"""MetricsService: campaign metrics, pipeline status, the dashboard and trends."""
 
 import grpc
 
@@ -10,6 +10,7 @@ from server.errors import InvalidArgument, NotFound, PermissionDenied
 from server.ingest.campaigns import CampaignDirectory
 from server.ingest.pipeline import IngestPipeline
 from server.metrics.reader import MetricsReader
+from server.metrics.trends import TrendRange
 from server.metrics.window import Window
 from server.services.common import Authenticated, reports_errors, same_organization
 
@@ -97,3 +98,26 @@ class MetricsServicer(Authenticated, pb.MetricsServiceServicer):
         window = Window.ending_now(request.time_window)
         dashboard = await self._reader.dashboard(organization_id, window)
         return codec.encode_dashboard(organization_id, dashboard)
+
+    @reports_errors
+    async def GetTrends(
+        self, request: pb.GetTrendsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetTrendsResponse:
+        principal = await self.caller(context, Role.READ)
+        organization_id = same_organization(principal, request.organization_id)
+        span = TrendRange.ending_now(request.time_window, request.step)
+        if request.campaign_id and not await self._own_campaign(
+            organization_id, request.campaign_id
+        ):
+            raise NotFound("Campaign not found")
+        trend = await self._reader.trend(organization_id, request.campaign_id, span)
+        return pb.GetTrendsResponse(
+            success=True,
+            organization_id=organization_id,
+            campaign_id=request.campaign_id,
+            time_window=span.seconds,
+            step=span.step,
+            totals=codec.encode_metrics(trend.totals),
+            points=[codec.encode_metrics(point) for point in trend.points],
+            timestamp=codec.timestamp(span.now),
+        )

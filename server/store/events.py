@@ -1,5 +1,5 @@
-"""Writing a batch of events: one transaction for raw events, rollups, the
-daily CampaignAnalytics rows and sessions.
+"""Writing a batch of events: one transaction for raw events, rollups (per
+second, minute and hour), the daily CampaignAnalytics rows and sessions.
 
 Several batches may be written at once (on separate connections); each
 upsert takes its rows in key order, so two flushes meeting on the same rows
@@ -81,6 +81,17 @@ def _ratio(table: str, numerator: str, denominator: str, scale: str = "") -> str
     return f"CASE WHEN {den} > 0 THEN {num}{scale} / {den} ELSE 0 END"
 
 
+def _rollup(name: str, table: str, bucket: str) -> str:
+    """A CTE adding the batch's ``changes`` to a rollup table, by ``bucket``."""
+    return f"""{name} AS (
+    INSERT INTO {table} AS r (organization_id, campaign_id, bucket, {", ".join(ROLLUP_SUMS)})
+    SELECT organization_id, campaign_id, {bucket}, {", ".join(f"sum({c})" for c in ROLLUP_SUMS)}
+    FROM changes
+    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (organization_id, campaign_id, bucket) DO UPDATE SET
+        {_add("r", ROLLUP_SUMS)}"""
+
+
 _CA = "campaign_analytics"
 FLUSH = f"""
 WITH inserted AS (
@@ -131,20 +142,15 @@ WITH inserted AS (
            count(*) FILTER (WHERE created AND event_count = 1)
              - count(*) FILTER (WHERE NOT created) AS bounced_sessions
     FROM sessions GROUP BY 1, 2, 3
-), rollups AS (
-    INSERT INTO campaign_rollups AS r (
-        organization_id, campaign_id, bucket, {", ".join(ROLLUP_SUMS)})
-    SELECT organization_id, campaign_id, bucket, {", ".join(f"sum({c})" for c in ROLLUP_SUMS)}
-    FROM (
-        SELECT *, 0 AS sessions, 0 AS bounced_sessions FROM per_second
-        UNION ALL
-        SELECT organization_id, campaign_id, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-               sessions, bounced_sessions
-        FROM session_changes
-    ) changes
-    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (organization_id, campaign_id, bucket) DO UPDATE SET
-        {_add("r", ROLLUP_SUMS)}
+), changes AS (
+    SELECT *, 0 AS sessions, 0 AS bounced_sessions FROM per_second
+    UNION ALL
+    SELECT organization_id, campaign_id, bucket, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+           sessions, bounced_sessions
+    FROM session_changes
+), {_rollup("rollups", "campaign_rollups", "bucket")}
+), {_rollup("minute_rollups", "campaign_rollups_minute", "date_trunc('minute', bucket)")}
+), {_rollup("hour_rollups", "campaign_rollups_hour", "date_trunc('hour', bucket)")}
 ), daily AS (
     INSERT INTO {_CA} AS ca (
         organization_id, campaign_id, date, {", ".join(COUNTERS)}, spent, conversion_value,

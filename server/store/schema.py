@@ -82,22 +82,31 @@ ROLLUP_SUMS = (
     "bounced_sessions",
 )
 
-# Per-second totals of each campaign: window queries sum these.
-campaign_rollups = Table(
-    "campaign_rollups",
-    metadata,
-    Column("organization_id", Text, primary_key=True),
-    Column("campaign_id", Text, primary_key=True),
-    Column("bucket", DateTime(timezone=True), primary_key=True),
-    *(Column(name, BigInteger, nullable=False) for name in COUNTERS),
-    Column("spent_micros", BigInteger, nullable=False),
-    Column("conversion_value_micros", BigInteger, nullable=False),
-    Column("view_time_sum", Float, nullable=False),
-    Column("view_time_count", BigInteger, nullable=False),
-    # Sessions whose first event fell in this second, and of them the bounces.
-    Column("sessions", BigInteger, nullable=False),
-    Column("bounced_sessions", BigInteger, nullable=False),
-)
+
+def _rollups(name: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("organization_id", Text, primary_key=True),
+        Column("campaign_id", Text, primary_key=True),
+        Column("bucket", DateTime(timezone=True), primary_key=True),
+        *(Column(c, BigInteger, nullable=False) for c in COUNTERS),
+        Column("spent_micros", BigInteger, nullable=False),
+        Column("conversion_value_micros", BigInteger, nullable=False),
+        Column("view_time_sum", Float, nullable=False),
+        Column("view_time_count", BigInteger, nullable=False),
+        # Sessions whose first event fell in this bucket, and of them the bounces.
+        Column("sessions", BigInteger, nullable=False),
+        Column("bounced_sessions", BigInteger, nullable=False),
+    )
+
+
+# Totals of each campaign per second (window queries sum these), and the same
+# per minute and per hour (for trends over long ranges). Every flush adds to
+# all three.
+campaign_rollups = _rollups("campaign_rollups")
+campaign_rollups_minute = _rollups("campaign_rollups_minute")
+campaign_rollups_hour = _rollups("campaign_rollups_hour")
 
 # The seed's CampaignAnalytics: one row per campaign and UTC date.
 campaign_analytics = Table(

@@ -335,10 +335,11 @@ def test_openapi_describes_every_route(client: httpx.Client) -> None:
     for name in SERVICE_NAMES:
         service = descriptor_pool.Default().FindServiceByName(name)
         for method in service.methods:
-            rule = method.GetOptions().Extensions[annotations_pb2.http]
-            verb = rule.WhichOneof("pattern")
-            if verb:
-                annotated.add((getattr(rule, verb), verb))
+            main = method.GetOptions().Extensions[annotations_pb2.http]
+            for rule in (main, *main.additional_bindings):
+                verb = rule.WhichOneof("pattern")
+                if verb:
+                    annotated.add((getattr(rule, verb), verb))
     assert ("/api/campaigns/{campaign_id}/analytics/real-time", "post") in annotated
     assert {(path, method) for path, item in paths.items() for method in item} == annotated
     for item in paths.values():

@@ -213,3 +213,95 @@ class GetDashboardResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetDashboardResponse: _TypeAlias = GetDashboardResponse  # noqa: Y015
+
+@_typing.final
+class GetTrendsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    TIME_WINDOW_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    organization_id: _builtins.str
+    """Empty: the caller's organization."""
+    campaign_id: _builtins.str
+    """Empty: every campaign of the organization, summed."""
+    time_window: _builtins.int
+    """Seconds of history; default 3600, at most 34,560,000 (400 days)."""
+    step: _builtins.int
+    """Seconds per point: 1 to 59, whole minutes up to 59 minutes, or whole
+    hours; at most 1,500 points. Default: the first of 1, 5, 10, 15, 30 s,
+    1, 5, 10, 15, 30 min, 1, 2, 6, 12, 24 h giving at most 300 points.
+    """
+    def __init__(
+        self,
+        *,
+        organization_id: _builtins.str = ...,
+        campaign_id: _builtins.str = ...,
+        time_window: _builtins.int = ...,
+        step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "organization_id", b"organization_id", "step", b"step", "time_window", b"time_window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrendsRequest: _TypeAlias = GetTrendsRequest  # noqa: Y015
+
+@_typing.final
+class GetTrendsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUCCESS_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    TIME_WINDOW_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    success: _builtins.bool
+    organization_id: _builtins.str
+    campaign_id: _builtins.str
+    """Empty for the organization's trend."""
+    time_window: _builtins.int
+    """The seconds the points cover (points x step): time_window rounded up to
+    whole steps.
+    """
+    step: _builtins.int
+    @_builtins.property
+    def totals(self) -> _metrics_pb2.RealTimeMetrics:
+        """The metrics over all the points. `window_start` is the first point's
+        start.
+        """
+
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[_metrics_pb2.RealTimeMetrics]:
+        """Oldest first, aligned to multiples of `step` since the Unix epoch (UTC);
+        the last holds the current second. Each is the metrics of its `step`
+        seconds from `window_start` (also its `timestamp`); a point without
+        events is zeros.
+        """
+
+    @_builtins.property
+    def timestamp(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        success: _builtins.bool = ...,
+        organization_id: _builtins.str = ...,
+        campaign_id: _builtins.str = ...,
+        time_window: _builtins.int = ...,
+        step: _builtins.int = ...,
+        totals: _metrics_pb2.RealTimeMetrics | None = ...,
+        points: _abc.Iterable[_metrics_pb2.RealTimeMetrics] | None = ...,
+        timestamp: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp", "totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "organization_id", b"organization_id", "points", b"points", "step", b"step", "success", b"success", "time_window", b"time_window", "timestamp", b"timestamp", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrendsResponse: _TypeAlias = GetTrendsResponse  # noqa: Y015

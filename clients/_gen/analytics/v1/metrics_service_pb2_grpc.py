@@ -53,6 +53,11 @@ class MetricsServiceStub:
                 request_serializer=analytics_dot_v1_dot_metrics__service__pb2.GetDashboardRequest.SerializeToString,
                 response_deserializer=analytics_dot_v1_dot_metrics__service__pb2.GetDashboardResponse.FromString,
                 _registered_method=True)
+        self.GetTrends = channel.unary_unary(
+                '/analytics.v1.MetricsService/GetTrends',
+                request_serializer=analytics_dot_v1_dot_metrics__service__pb2.GetTrendsRequest.SerializeToString,
+                response_deserializer=analytics_dot_v1_dot_metrics__service__pb2.GetTrendsResponse.FromString,
+                _registered_method=True)
 
 
 class MetricsServiceServicer:
@@ -85,6 +90,16 @@ class MetricsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrends(self, request, context):
+        """History: a campaign's metrics (or, without campaign_id, the
+        organization's) as a time series of points of `step` seconds. Unlike the
+        windows above, a trend may reach 400 days back; see GetTrendsRequest.
+        NOT_FOUND when the campaign does not exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetricsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -102,6 +117,11 @@ def add_MetricsServiceServicer_to_server(servicer, server):
                     servicer.GetDashboard,
                     request_deserializer=analytics_dot_v1_dot_metrics__service__pb2.GetDashboardRequest.FromString,
                     response_serializer=analytics_dot_v1_dot_metrics__service__pb2.GetDashboardResponse.SerializeToString,
+            ),
+            'GetTrends': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrends,
+                    request_deserializer=analytics_dot_v1_dot_metrics__service__pb2.GetTrendsRequest.FromString,
+                    response_serializer=analytics_dot_v1_dot_metrics__service__pb2.GetTrendsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -189,6 +209,33 @@ class MetricsService:
             '/analytics.v1.MetricsService/GetDashboard',
             analytics_dot_v1_dot_metrics__service__pb2.GetDashboardRequest.SerializeToString,
             analytics_dot_v1_dot_metrics__service__pb2.GetDashboardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrends(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/analytics.v1.MetricsService/GetTrends',
+            analytics_dot_v1_dot_metrics__service__pb2.GetTrendsRequest.SerializeToString,
+            analytics_dot_v1_dot_metrics__service__pb2.GetTrendsResponse.FromString,
             options,
             channel_credentials,
             insecure,

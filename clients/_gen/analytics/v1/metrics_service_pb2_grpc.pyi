@@ -47,6 +47,12 @@ class MetricsServiceStub:
     """An organization's dashboard: summary, top campaigns, trend and the
     metrics of every campaign active in the window.
     """
+    GetTrends: _grpc.UnaryUnaryMultiCallable[_metrics_service_pb2.GetTrendsRequest, _metrics_service_pb2.GetTrendsResponse]
+    """History: a campaign's metrics (or, without campaign_id, the
+    organization's) as a time series of points of `step` seconds. Unlike the
+    windows above, a trend may reach 400 days back; see GetTrendsRequest.
+    NOT_FOUND when the campaign does not exist.
+    """
 
 @_typing.type_check_only
 class MetricsServiceAsyncStub(MetricsServiceStub):
@@ -66,6 +72,12 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
     GetDashboard: _aio.UnaryUnaryMultiCallable[_metrics_service_pb2.GetDashboardRequest, _metrics_service_pb2.GetDashboardResponse]  # type: ignore[assignment]
     """An organization's dashboard: summary, top campaigns, trend and the
     metrics of every campaign active in the window.
+    """
+    GetTrends: _aio.UnaryUnaryMultiCallable[_metrics_service_pb2.GetTrendsRequest, _metrics_service_pb2.GetTrendsResponse]  # type: ignore[assignment]
+    """History: a campaign's metrics (or, without campaign_id, the
+    organization's) as a time series of points of `step` seconds. Unlike the
+    windows above, a trend may reach 400 days back; see GetTrendsRequest.
+    NOT_FOUND when the campaign does not exist.
     """
 
 class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -101,6 +113,18 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_metrics_service_pb2.GetDashboardResponse, _abc.Awaitable[_metrics_service_pb2.GetDashboardResponse]]:
         """An organization's dashboard: summary, top campaigns, trend and the
         metrics of every campaign active in the window.
+        """
+
+    @_abc_1.abstractmethod
+    def GetTrends(
+        self,
+        request: _metrics_service_pb2.GetTrendsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_service_pb2.GetTrendsResponse, _abc.Awaitable[_metrics_service_pb2.GetTrendsResponse]]:
+        """History: a campaign's metrics (or, without campaign_id, the
+        organization's) as a time series of points of `step` seconds. Unlike the
+        windows above, a trend may reach 400 days back; see GetTrendsRequest.
+        NOT_FOUND when the campaign does not exist.
         """
 
 def add_MetricsServiceServicer_to_server(servicer: MetricsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
