@@ -22,6 +22,7 @@ from server.ingest.pipeline import IngestPipeline
 from server.ingest.validation import Limits
 from server.ingest.writer import BatchWriter
 from server.metrics.reader import MetricsReader
+from server.metrics.retention import prune_periodically
 from server.services.campaigns import CampaignServicer
 from server.services.ingest import IngestServicer
 from server.services.metrics import MetricsServicer
@@ -62,6 +63,7 @@ class AnalyticsServer:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._monitor: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self.components: Components | None = None
 
     async def start(self) -> int:
@@ -136,6 +138,7 @@ class AnalyticsServer:
         self._server = server
         await self._check_health()
         self._monitor = asyncio.create_task(self._watch_health(), name="health-monitor")
+        self._pruner = asyncio.create_task(prune_periodically(engine), name="rollup-pruner")
         log.info("gRPC server listening on %s:%d", s.host, self.port)
         return self.port
 
@@ -146,10 +149,11 @@ class AnalyticsServer:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        if self._monitor is not None:
-            self._monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._monitor
+        for task in (self._monitor, self._pruner):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._health.enter_graceful_shutdown()
         if self.components is not None:
             # Simulations commit their batch in flight and end.

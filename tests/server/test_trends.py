@@ -7,12 +7,15 @@ import random
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import psycopg
 import pytest
 from support import ServerThread, Stubs, Tenant, event
 from tests_live import ingest
 
 from clients import pb
 from server.domain import Role
+from server.metrics.retention import prune_rollups
+from server.store.database import libpq_url
 
 COUNTERS = ("impressions", "clicks", "conversions", "ad_playbacks", "engagements", "completions")
 TYPE_COUNTER = {
@@ -189,3 +192,34 @@ def test_trends_over_rest(http: httpx.Client, tenant: Tenant, other_tenant: Tena
         headers=tenant.headers(Role.INGEST),
     )
     assert ingest_key.status_code == 403
+
+
+def test_fine_rollups_are_pruned_once_no_query_reads_them(
+    analytics_server: ServerThread, tenant: Tenant
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    ages = (10, 40, 70)  # days
+    url = libpq_url(analytics_server.database_url)
+    with psycopg.connect(url) as conn:
+        for table in ("campaign_rollups", "campaign_rollups_minute", "campaign_rollups_hour"):
+            for age in ages:
+                conn.execute(
+                    f"INSERT INTO {table} (organization_id, campaign_id, bucket, impressions)"
+                    " VALUES (%s, %s, %s, 1)",
+                    (tenant.organization_id, tenant.campaign_ids[0], now - timedelta(days=age)),
+                )
+    engine = analytics_server.components.engine
+    assert analytics_server.call(prune_rollups(engine, now)) >= 3
+
+    def kept(table: str) -> list[int]:
+        with psycopg.connect(url) as conn:
+            rows = conn.execute(
+                f"SELECT bucket FROM {table} WHERE organization_id = %s ORDER BY bucket DESC",
+                (tenant.organization_id,),
+            ).fetchall()
+        return [(now - bucket).days for (bucket,) in rows]
+
+    # Windows reach 31 days; minute-step trends 61.5 days; hourly ones 400.
+    assert kept("campaign_rollups") == [10]
+    assert kept("campaign_rollups_minute") == [10, 40]
+    assert kept("campaign_rollups_hour") == [10, 40, 70]
