@@ -33,7 +33,7 @@ import orjson
 import psycopg
 import uuid_utils
 
-from bench.events import EventEncoder, MixedEvent
+from loadgen.events import EventEncoder, MixedEvent
 from server.store import events as event_store
 from server.store.database import libpq_url
 
@@ -191,7 +191,7 @@ def measure(
                     copy.write(data)
                 cur.execute(sql)
                 # The flush statement answers with the count of rows it inserted.
-                written = cur.rowcount if statement == "dedup" else cur.fetchone()[0]
+                written = cur.rowcount if statement == "dedup" else cur.fetchone()[0]  # type: ignore[index]
             conn.commit()
             busy += time.perf_counter() - started
             inserted += written

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
-import multiprocessing
 import os
 import shlex
 import shutil
@@ -27,9 +25,8 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +36,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench import ceiling, machine, processes
-from bench.events import check_encoding
-from bench.load import LoadResult, LoadSpec, worker_main
 from clients import make_event, pb
+from loadgen.engine import LoadSpec
+from loadgen.events import check_encoding
+from loadgen.workers import Load, Workers, share
 from server import admin
 from server.auth import create_key
 from server.domain import Role
@@ -110,106 +108,6 @@ class Target:
     name: str
     passed: bool | None  # None: not measured
     text: str
-
-
-@dataclass(slots=True)
-class Load:
-    """The merged results of the workers of one scenario."""
-
-    acked: int = 0
-    duplicates: int = 0
-    rejected: int = 0
-    sent: int = 0
-    refused: int = 0
-    unknown: int = 0
-    calls: int = 0
-    throttled: int = 0
-    first_refused_at: float = 0.0
-    errors: dict[str, int] = field(default_factory=dict)
-    first_error: str = ""
-    latencies: list[float] = field(default_factory=list)
-    started: float = 0.0
-    seconds: float = 0.0
-    cpu_seconds: float = 0.0
-
-    @classmethod
-    def merge(cls, results: list[LoadResult]) -> Load:
-        load = cls()
-        for r in results:
-            load.acked += r.acked
-            load.duplicates += r.duplicates
-            load.rejected += r.rejected
-            load.sent += r.sent
-            load.refused += r.refused
-            load.unknown += r.unknown
-            load.calls += r.calls
-            load.throttled += r.throttled
-            load.cpu_seconds += r.cpu_seconds
-            load.latencies += r.latencies
-            load.first_error = load.first_error or r.first_error
-            for code, count in r.errors.items():
-                load.errors[code] = load.errors.get(code, 0) + count
-        load.latencies.sort()
-        refusals = [r.first_refused_at for r in results if r.first_refused_at]
-        load.first_refused_at = min(refusals, default=0.0)
-        load.started = min(r.started for r in results)
-        load.seconds = max(r.ended for r in results) - load.started
-        return load
-
-    def percentile_ms(self, fraction: float) -> float | None:
-        if not self.latencies:
-            return None
-        index = min(len(self.latencies) - 1, math.ceil(fraction * len(self.latencies)) - 1)
-        return self.latencies[max(0, index)] * 1000
-
-
-# -- the load workers --------------------------------------------------------
-
-
-class Workers:
-    """Load-client processes (spawned: gRPC does not survive fork)."""
-
-    def __init__(self, count: int) -> None:
-        context = multiprocessing.get_context("spawn")
-        self._conns: list[Connection] = []
-        self._procs = []
-        for _ in range(count):
-            parent, child = context.Pipe()
-            proc = context.Process(target=worker_main, args=(child,), daemon=True)
-            proc.start()
-            self._conns.append(parent)
-            self._procs.append(proc)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs if p.pid is not None]
-
-    def run(self, specs: list[LoadSpec], timeout: float) -> list[LoadResult]:
-        for conn, spec in zip(self._conns, specs, strict=False):
-            conn.send(spec)
-        results = []
-        deadline = time.monotonic() + timeout
-        for conn in self._conns[: len(specs)]:
-            if not conn.poll(max(0.0, deadline - time.monotonic())):
-                raise RuntimeError("a load worker did not answer in time")
-            reply = conn.recv()
-            if isinstance(reply, str):
-                raise RuntimeError(f"a load worker failed:\n{reply}")
-            results.append(reply)
-        return results
-
-    def close(self) -> None:
-        for conn in self._conns:
-            with suppress(OSError):
-                conn.send(None)
-        for proc in self._procs:
-            proc.join(10)
-            if proc.is_alive():
-                proc.terminate()
-
-
-def _share(total: int, parts: int, index: int) -> int:
-    return total // parts + (1 if index < total % parts else 0)
 
 
 # -- organizations -------------------------------------------------------------
@@ -380,7 +278,7 @@ class Bench:
                     batch=100, concurrency=STREAMS, max_events=20_000_000,
                 ),
                 self.load_row(
-                    f"discard: unary single x{SINGLES_IN_FLIGHT}", "unary_single", target,
+                    f"discard: unary single x{SINGLES_IN_FLIGHT}", "unary-single", target,
                     tenant, process.pid, batch=1, concurrency=SINGLES_IN_FLIGHT,
                     max_events=2_000_000,
                 ),
@@ -445,7 +343,7 @@ class Bench:
                 )  # fmt: skip
         if self.wants("unary-batch"):
             self.service_row(
-                f"service: unary b1000 x{UNARY_BATCHES_IN_FLIGHT}", "unary_batch", "unary-batch",
+                f"service: unary b1000 x{UNARY_BATCHES_IN_FLIGHT}", "unary", "unary-batch",
                 batch=1_000, concurrency=UNARY_BATCHES_IN_FLIGHT, max_events=10_000_000,
                 ceiling=dedup,
             )  # fmt: skip
@@ -454,7 +352,7 @@ class Bench:
                 (r for r in self.rows if r.name == "discard: unary single x16"), None
             )
             self.service_row(
-                f"service: unary single x{SINGLES_IN_FLIGHT}", "unary_single", "unary-single",
+                f"service: unary single x{SINGLES_IN_FLIGHT}", "unary-single", "unary-single",
                 batch=1, concurrency=SINGLES_IN_FLIGHT, max_events=2_000_000,
                 ceiling=("discard unary single x16", discard_single.rate)
                 if discard_single else ("", None),
@@ -494,7 +392,7 @@ class Bench:
     def service_row(
         self,
         name: str,
-        kind: str,
+        mode: str,
         group: str,
         *,
         batch: int,
@@ -510,12 +408,12 @@ class Bench:
         tenant = create_tenant(self.database_url, group.replace("-", "_"), self.args.campaigns)
         self.warm_up(tenant)
         before = self.status(tenant)
-        target = self.gateway_target if kind == "rest" else self.server_target
+        target = self.gateway_target if mode == "rest" else self.server_target
         watch = {"server": self.server.pid}
-        if kind == "rest" and self.gateway is not None:
+        if mode == "rest" and self.gateway is not None:
             watch["gateway"] = self.gateway.pid
         row = self.load_row(
-            name, kind, target, tenant, self.server.pid, batch=batch, concurrency=concurrency,
+            name, mode, target, tenant, self.server.pid, batch=batch, concurrency=concurrency,
             max_events=max_events, rate=rate, workers=workers, seconds=seconds,
             max_in_flight=max_in_flight, watch=watch, ceiling=ceiling,
         )  # fmt: skip
@@ -524,7 +422,7 @@ class Bench:
     def load_row(
         self,
         name: str,
-        kind: str,
+        mode: str,
         target: str,
         tenant: Tenant,
         pid: int,
@@ -547,13 +445,13 @@ class Bench:
         start_at = time.monotonic() + 1.0
         specs = []
         for i in range(count):
-            share = _share(concurrency, count, i)
+            slots = share(concurrency, count, i)
             specs.append(
                 LoadSpec(
-                    kind, target, tenant.api_key, tenant.organization_id, tenant.campaign_ids,
-                    batch=batch, concurrency=share, seconds=seconds,
-                    max_events=_share(max_events, count, i), start_at=start_at,
-                    rate=rate * share / concurrency, max_in_flight=max_in_flight, seed=i,
+                    mode, target, tenant.api_key, tenant.organization_id, tenant.campaign_ids,
+                    batch=batch, concurrency=slots, seconds=seconds,
+                    max_events=share(max_events, count, i), start_at=start_at,
+                    rate=rate * slots / concurrency, max_in_flight=max_in_flight, seed=i,
                 )
             )  # fmt: skip
         watch = watch or {"server": pid}
@@ -577,7 +475,7 @@ class Bench:
             )
         if load.first_error:
             row.notes.append(f"first unexpected error: {load.first_error}")
-        if kind == "overload":
+        if mode == "overload":
             self.check_overload(row, load, observed["rss"])
         self.rows.append(row)
         return row

@@ -39,6 +39,7 @@ import traceback
 import uuid
 from array import array
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -50,10 +51,10 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from bench import machine, processes, sse
-from bench.events import EventEncoder
 from bench.ingest import Tenant, create_tenant
-from bench.load import CHANNEL_OPTIONS, INGEST_METHOD
 from clients import make_event, pb
+from loadgen.engine import CHANNEL_OPTIONS, INGEST_METHOD
+from loadgen.events import EventEncoder
 from server.store import database, migrate
 
 LATENCY_P99_TARGET_MS = 250.0
@@ -139,7 +140,7 @@ async def _pace(spec: dict[str, Any]) -> dict[str, Any]:
         for k in range(calls):
             await asyncio.sleep(max(0.0, start + k * interval - time.monotonic()))
             counts: dict[str, int] = defaultdict(int)
-            position = encoder._position
+            position = encoder.position
             for i in range(position, position + batch):
                 campaign = impression[i % len(impression)]
                 if campaign is not None:
@@ -292,7 +293,7 @@ class Live:
         self.failures: list[str] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-live-"))
         self.database_url = ""
-        self._drop = None
+        self._drop: Callable[[], None] | None = None
         self.server: processes.Process | None = None
         self.server_target = ""
         self.gateway: processes.Process | None = None
@@ -631,9 +632,9 @@ class Live:
         origins: dict[bytes, float] = {}
         for r in results:
             for fid, raw in r["arrivals"].items():
-                a = array("d")
-                a.frombytes(raw)
-                arrivals[fid].extend(a)
+                times = array("d")
+                times.frombytes(raw)
+                arrivals[fid].extend(times)
             stamps.update(r["stamps"])
             sizes.update(r["sizes"])
             origins.update(r["origins"])

@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import loadgen.run
 from server import admin, demo
 from server.app import AnalyticsServer
 from server.auth import create_key
@@ -116,6 +117,12 @@ def _parser() -> argparse.ArgumentParser:
     campaign.add_argument("campaign_id")
     campaign.add_argument("--name", default="")
     campaign.set_defaults(run=_create_campaign)
+
+    load = commands.add_parser(
+        "load", help="drive the gRPC server with load and check that every event is counted"
+    )
+    loadgen.run.add_arguments(load)
+    load.set_defaults(run=lambda args: sys.exit(loadgen.run.main(args)))
     return parser
 
 

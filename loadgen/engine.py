@@ -1,21 +1,23 @@
 """Load clients: worker processes that send events and count what is acknowledged.
 
 Each worker is a process of its own (so the load does not share a GIL with the
-server or with other workers) running one asyncio loop. The coordinator sends
-it a ``LoadSpec``; it waits for the common start time, drives its share of the
-load until the time or its event budget is spent, waits for every call still
-in flight to answer, and sends back a ``LoadResult``. The gRPC methods are
-called with pre-serialised requests (``bench.events``) and the REST route over
-plain HTTP/1.1 keep-alive connections written here, so that a worker spends
-little of the machine's two cores.
+server or with other workers) running one asyncio loop. The coordinator
+(``loadgen.workers``) sends it a ``LoadSpec``; it waits for the common start
+time, drives its share of the load until the time or its event budget is
+spent (or the coordinator asks it to stop), waits for every call still in
+flight to answer, and sends back a ``LoadResult``. While it runs it keeps its
+counters in memory shared with the coordinator, so progress shows live. The
+gRPC methods are called with pre-serialised requests (``loadgen.events``) and
+the REST route over plain HTTP/1.1 keep-alive connections written here, so
+that a worker spends little of the machine's cores.
 
-Kinds of load:
+Modes of load:
 
 - ``stream``: ``concurrency`` client streams (StreamEvents), each sending
   messages of ``batch`` events until the time is up (or ``stream_events`` were
   sent, then a new stream); the events count as acknowledged when the stream's
   reply says so.
-- ``unary_batch`` / ``unary_single``: ``concurrency`` callers each sending one
+- ``unary`` / ``unary-single``: ``concurrency`` callers each sending one
   IngestEvents call (``batch`` events, or one ``event``) after the other.
 - ``rest``: ``concurrency`` keep-alive connections each POSTing
   ``{"events": [...]}`` bodies to ``/api/analytics/real-time`` one after the other.
@@ -24,6 +26,13 @@ Kinds of load:
 - ``overload``: IngestEvents calls of ``batch`` events started at ``rate`` calls
   per second without waiting for earlier ones (at most ``max_in_flight``
   outstanding); refusals (RESOURCE_EXHAUSTED) are counted, not retried.
+
+What was acknowledged is also counted per campaign and event type (a
+``Tally`` of mix positions): every event of a reply that accepted all of its
+events. A reply that reports duplicates or rejections leaves its accepted
+events ``unattributed``: the reply does not say which they were.
+Latencies are per call, and for a stream per message: from its write to the
+stream's reply.
 """
 
 from __future__ import annotations
@@ -31,10 +40,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -43,8 +53,8 @@ import grpc
 import grpc.aio
 import orjson
 
-from bench.events import EventEncoder
 from clients import DEFAULT_TIMEOUT, pb
+from loadgen.events import EventEncoder, Tally
 from server.app import MAX_MESSAGE_BYTES
 
 INGEST_METHOD = "/analytics.v1.IngestService/IngestEvents"
@@ -58,11 +68,15 @@ CHANNEL_OPTIONS = (
 )
 # Outcomes after which nothing of the call was stored.
 REFUSED = frozenset({"RESOURCE_EXHAUSTED", "HTTP 429"})
+# The counters a worker shares while it runs, in this order.
+COUNTERS = ("sent", "acked", "rejected", "refused", "unknown", "calls", "errors")
+COUNTERS_INTERVAL = 0.1  # seconds between two updates of the shared counters
+READY = "ready"  # a worker's first message: imported and waiting for specs
 
 
 @dataclass(slots=True)
 class LoadSpec:
-    kind: str
+    mode: str
     target: str  # host:port of the gRPC server, or of the REST gateway
     api_key: str
     organization_id: str
@@ -87,10 +101,14 @@ class LoadResult:
     sent: int = 0  # events in calls that were answered or failed
     refused: int = 0  # events in calls refused as a whole (RESOURCE_EXHAUSTED, 429)
     unknown: int = 0  # events in calls that failed otherwise: stored or not
-    calls: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
+    calls: int = 0  # calls answered
+    errors: dict[str, int] = field(default_factory=dict)  # calls not answered, by status
     first_error: str = ""
+    rejections: dict[str, int] = field(default_factory=dict)  # rejected events, by code
     latencies: list[float] = field(default_factory=list)  # seconds, answered calls
+    tally: Tally = field(default_factory=Tally)  # acknowledged mix positions
+    acked_by_campaign: dict[str, dict[str, int]] = field(default_factory=dict)
+    unattributed: int = 0  # acknowledged, but in replies that do not say which
     throttled: int = 0  # overload: starts delayed because max_in_flight calls were out
     first_refused_at: float = 0.0  # time.monotonic() of the first refusal
     started: float = 0.0
@@ -108,69 +126,123 @@ class LoadResult:
             if not self.first_error:
                 self.first_error = f"{code}: {detail}"[:500]
 
-    def answered(self, events: int, accepted: int, duplicates: int, rejected: int) -> None:
+    def answered(
+        self,
+        events: int,
+        accepted: int,
+        duplicates: int,
+        rejected: Iterable[str],
+        batches: Iterable[tuple[int, int]],
+    ) -> None:
+        """A reply to ``events`` events sent as ``batches`` (mix position,
+        events); ``rejected`` holds the code of each rejected event."""
         self.calls += 1
         self.sent += events
         self.acked += accepted
         self.duplicates += duplicates
-        self.rejected += rejected
+        for code in rejected:
+            self.rejected += 1
+            self.rejections[code] = self.rejections.get(code, 0) + 1
+        if accepted == events:
+            for position, count in batches:
+                self.tally.add(position, count)
+        else:
+            self.unattributed += accepted
+
+    def counters(self) -> list[int]:
+        """The values of ``COUNTERS`` but ``sent``."""
+        return [
+            self.acked, self.rejected, self.refused, self.unknown, self.calls,
+            sum(self.errors.values()),
+        ]  # fmt: skip
 
 
-class _Budget:
-    """Events a worker may still send."""
+class _Bounds:
+    """Events a worker may still send, until when, and whether it was asked to stop."""
 
-    def __init__(self, events: int) -> None:
+    def __init__(self, events: int, deadline: float, stop: Any = None) -> None:
         self.left = events
+        self.taken = 0
+        self.deadline = deadline
+        self._stop = stop  # a shared value the coordinator sets to stop the load
 
-    def take(self, events: int) -> bool:
-        if self.left < events:
-            return False
-        self.left -= events
-        return True
+    def open(self) -> bool:
+        return time.monotonic() < self.deadline and not (self._stop and self._stop.value)
+
+    def take(self, events: int) -> int:
+        """Events granted of ``events`` (the last grant may be smaller); 0 when
+        the time is up, the budget spent or the load stopped."""
+        granted = min(events, self.left) if self.open() else 0
+        self.left -= granted
+        self.taken += granted
+        return granted
 
 
 # -- the worker process ------------------------------------------------------
 
 
-def worker_main(conn: Connection) -> None:
-    """Entry point of a worker process: runs specs until it receives None."""
+def worker_main(conn: Connection, counters: Any = None, stop: Any = None) -> None:
+    """Entry point of a worker process: runs specs until it receives None.
+
+    ``counters`` (a shared array of ``COUNTERS``) shows the running spec's
+    progress; ``stop`` (a shared value) ends its load early. Ctrl+C is left to
+    the coordinator, which stops the load through ``stop``.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(ImportError):
         import uvloop
 
         uvloop.install()
-    asyncio.run(_serve(conn))
+    conn.send(READY)
+    asyncio.run(_serve(conn, counters, stop))
 
 
-async def _serve(conn: Connection) -> None:
+async def _serve(conn: Connection, counters: Any, stop: Any) -> None:
     loop = asyncio.get_running_loop()
     while True:
         spec = await loop.run_in_executor(None, conn.recv)
         if spec is None:
             return
         try:
-            reply: LoadResult | str = await run(spec)
+            reply: LoadResult | str = await run(spec, counters, stop)
         except Exception:
             reply = traceback.format_exc()
         conn.send(reply)
 
 
-async def run(spec: LoadSpec) -> LoadResult:
+async def run(spec: LoadSpec, counters: Any = None, stop: Any = None) -> LoadResult:
     encoder = EventEncoder(spec.organization_id, spec.campaign_ids, seed=spec.seed)
     result = LoadResult()
-    budget = _Budget(spec.max_events)
-    deadline = spec.start_at + spec.seconds
-    if spec.kind == "rest":
-        drive = _rest(spec, encoder, result, budget, deadline)
-        await _start(spec, result, drive)
-        return result
-    channel = grpc.aio.insecure_channel(spec.target, options=CHANNEL_OPTIONS)
+    bounds = _Bounds(spec.max_events, spec.start_at + spec.seconds, stop)
+    publisher = None
+    if counters is not None:
+        publisher = asyncio.create_task(_publish(result, bounds, counters))
     try:
-        await asyncio.wait_for(channel.channel_ready(), 10)
-        drive = _GRPC_DRIVERS[spec.kind](spec, channel, encoder, result, budget, deadline)
-        await _start(spec, result, drive)
+        if spec.mode == "rest":
+            await _start(spec, result, _rest(spec, encoder, result, bounds))
+        else:
+            channel = grpc.aio.insecure_channel(spec.target, options=CHANNEL_OPTIONS)
+            try:
+                await asyncio.wait_for(channel.channel_ready(), 10)
+                drive = _GRPC_DRIVERS[spec.mode](spec, channel, encoder, result, bounds)
+                await _start(spec, result, drive)
+            finally:
+                await channel.close()
     finally:
-        await channel.close()
+        if publisher is not None:
+            publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher
+            counters[:] = [bounds.taken, *result.counters()]
+    result.acked_by_campaign = result.tally.by_campaign(encoder.mix)
     return result
+
+
+async def _publish(result: LoadResult, bounds: _Bounds, counters: Any) -> None:
+    """Copies the counters into shared memory every ``COUNTERS_INTERVAL``."""
+    while True:
+        counters[:] = [bounds.taken, *result.counters()]
+        await asyncio.sleep(COUNTERS_INTERVAL)
 
 
 async def _start(spec: LoadSpec, result: LoadResult, drive: Awaitable[None]) -> None:
@@ -203,8 +275,7 @@ async def _stream(
     channel: grpc.aio.Channel,
     encoder: EventEncoder,
     result: LoadResult,
-    budget: _Budget,
-    deadline: float,
+    bounds: _Bounds,
 ) -> None:
     method = channel.stream_unary(
         STREAM_METHOD,
@@ -214,28 +285,36 @@ async def _stream(
     metadata = _metadata(spec)
 
     async def one_stream() -> bool:
+        """One stream, as long as the bounds allow; False when they allowed none."""
+        events = bounds.take(min(spec.batch, spec.stream_events))
+        if not events:
+            return False
         call = method(metadata=metadata, timeout=spec.seconds + spec.call_timeout)
+        batches: list[tuple[int, int]] = []  # (mix position, events) of each message
+        written: list[float] = []  # when each message was written
         sent = 0
         try:
-            while (
-                sent < spec.stream_events
-                and time.monotonic() < deadline
-                and budget.take(spec.batch)
-            ):
-                await call.write(encoder.stream_message(spec.batch))
-                sent += spec.batch
+            while events:
+                batches.append((encoder.position, events))
+                message = encoder.stream_message(events)
+                written.append(time.perf_counter())
+                sent += events
+                await call.write(message)
+                events = bounds.take(min(spec.batch, spec.stream_events - sent))
             await call.done_writing()
             reply: pb.StreamEventsResponse = await call
         except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
             code = await call.code()
             result.fail(code.name, sent, await call.details() or str(exc))
-            return sent > 0
-        if sent:
-            result.answered(sent, reply.accepted, reply.duplicates, len(reply.rejected))
-        return sent > 0
+            return True
+        answered_at = time.perf_counter()
+        result.latencies.extend(answered_at - t for t in written)
+        rejected = (r.code for r in reply.rejected)
+        result.answered(sent, reply.accepted, reply.duplicates, rejected, batches)
+        return True
 
     async def slot() -> None:
-        while time.monotonic() < deadline and await one_stream():
+        while await one_stream():
             pass
 
     await asyncio.gather(*(slot() for _ in range(spec.concurrency)))
@@ -246,36 +325,42 @@ async def _unary(
     channel: grpc.aio.Channel,
     encoder: EventEncoder,
     result: LoadResult,
-    budget: _Budget,
-    deadline: float,
+    bounds: _Bounds,
 ) -> None:
-    method = channel.unary_unary(
-        INGEST_METHOD,
-        request_serializer=None,
-        response_deserializer=pb.IngestEventsResponse.FromString,
-    )
+    method = _ingest_method(channel)
     metadata = _metadata(spec)
-    single = spec.kind == "unary_single"
-    events = 1 if single else spec.batch
-
-    def message() -> bytes:
-        return encoder.unary_single() if single else encoder.unary_batch(events)
+    single = spec.mode == "unary-single"
 
     async def slot() -> None:
-        while time.monotonic() < deadline and budget.take(events):
-            await _unary_call(method, message(), events, metadata, spec.call_timeout, result)
+        while events := bounds.take(1 if single else spec.batch):
+            position = encoder.position
+            message = encoder.unary_single() if single else encoder.unary_batch(events)
+            await _unary_call(
+                method, message, (position, events), metadata, spec.call_timeout, result
+            )
 
     await asyncio.gather(*(slot() for _ in range(spec.concurrency)))
 
 
+def _ingest_method(channel: grpc.aio.Channel) -> grpc.aio.UnaryUnaryMultiCallable:
+    """IngestEvents, called with pre-serialised requests."""
+    return channel.unary_unary(
+        INGEST_METHOD,
+        request_serializer=None,
+        response_deserializer=pb.IngestEventsResponse.FromString,
+    )
+
+
 async def _unary_call(
-    method: Any,
+    method: grpc.aio.UnaryUnaryMultiCallable,
     message: bytes,
-    events: int,
+    batch: tuple[int, int],
     metadata: tuple[tuple[str, str]],
     timeout: float,
     result: LoadResult,
 ) -> None:
+    """One IngestEvents call of the events at ``batch`` (mix position, events)."""
+    events = batch[1]
     started = time.perf_counter()
     try:
         reply: pb.IngestEventsResponse = await method(message, metadata=metadata, timeout=timeout)
@@ -283,7 +368,8 @@ async def _unary_call(
         result.fail(_code(exc), events, exc.details() or "")
         return
     result.latencies.append(time.perf_counter() - started)
-    result.answered(events, reply.accepted, reply.duplicates, len(reply.rejected))
+    rejected = (r.code for r in reply.rejected)
+    result.answered(events, reply.accepted, reply.duplicates, rejected, [batch])
 
 
 async def _paced(
@@ -291,22 +377,20 @@ async def _paced(
     channel: grpc.aio.Channel,
     encoder: EventEncoder,
     result: LoadResult,
-    budget: _Budget,
-    deadline: float,
+    bounds: _Bounds,
 ) -> None:
     """One call at a time, started every 1/rate seconds (at once when late)."""
-    method = channel.unary_unary(
-        INGEST_METHOD,
-        request_serializer=None,
-        response_deserializer=pb.IngestEventsResponse.FromString,
-    )
+    method = _ingest_method(channel)
     metadata = _metadata(spec)
     interval = 1 / spec.rate
     due = time.monotonic()
-    while time.monotonic() < deadline and budget.take(1):
+    while bounds.take(1):
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         due = max(due + interval, time.monotonic())
-        await _unary_call(method, encoder.unary_single(), 1, metadata, spec.call_timeout, result)
+        batch = (encoder.position, 1)
+        await _unary_call(
+            method, encoder.unary_single(), batch, metadata, spec.call_timeout, result
+        )
 
 
 async def _overload(
@@ -314,28 +398,24 @@ async def _overload(
     channel: grpc.aio.Channel,
     encoder: EventEncoder,
     result: LoadResult,
-    budget: _Budget,
-    deadline: float,
+    bounds: _Bounds,
 ) -> None:
     """Open loop: a call of ``batch`` events every 1/rate seconds, not waiting
     for earlier ones."""
-    method = channel.unary_unary(
-        INGEST_METHOD,
-        request_serializer=None,
-        response_deserializer=pb.IngestEventsResponse.FromString,
-    )
+    method = _ingest_method(channel)
     metadata = _metadata(spec)
     interval = 1 / spec.rate
     due = time.monotonic()
     in_flight: set[asyncio.Task[None]] = set()
-    while time.monotonic() < deadline and budget.take(spec.batch):
+    while events := bounds.take(spec.batch):
         await asyncio.sleep(max(0.0, due - time.monotonic()))
         due += interval
         if len(in_flight) >= spec.max_in_flight:
             result.throttled += 1
             await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+        batch = (encoder.position, events)
         call = _unary_call(
-            method, encoder.unary_batch(spec.batch), spec.batch, metadata, spec.call_timeout, result
+            method, encoder.unary_batch(events), batch, metadata, spec.call_timeout, result
         )
         task = asyncio.create_task(call)
         in_flight.add(task)
@@ -347,9 +427,7 @@ async def _overload(
 # -- REST over HTTP/1.1 --------------------------------------------------------
 
 
-async def _rest(
-    spec: LoadSpec, encoder: EventEncoder, result: LoadResult, budget: _Budget, deadline: float
-) -> None:
+async def _rest(spec: LoadSpec, encoder: EventEncoder, result: LoadResult, bounds: _Bounds) -> None:
     host, _, port = spec.target.rpartition(":")
     head = (
         f"POST {REST_PATH} HTTP/1.1\r\nHost: {spec.target}\r\n"
@@ -359,33 +437,37 @@ async def _rest(
 
     async def slot() -> None:
         connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        while time.monotonic() < deadline and budget.take(spec.batch):
-            if connection is None:
-                connection = await _connect(host, int(port))
-            reader, writer = connection
-            body = encoder.json_batch(spec.batch)
+        while events := bounds.take(spec.batch):
+            batch = (encoder.position, events)
+            body = encoder.json_batch(events)
             started = time.perf_counter()
             try:
+                if connection is None:
+                    connection = await _connect(host, int(port))
+                reader, writer = connection
                 writer.write(head + str(len(body)).encode() + b"\r\n\r\n" + body)
                 status, headers, payload = await asyncio.wait_for(
                     _read_response(reader), spec.call_timeout
                 )
             except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
-                result.fail(f"HTTP {type(exc).__name__}", spec.batch, str(exc))
-                writer.close()
+                result.fail(f"HTTP {type(exc).__name__}", events, str(exc))
+                if connection is not None:
+                    connection[1].close()
                 connection = None
                 continue
             if status == 200:
                 document = orjson.loads(payload)
                 result.latencies.append(time.perf_counter() - started)
+                rejected = (r.get("code", "") for r in document.get("rejected") or ())
                 result.answered(
-                    spec.batch,
+                    events,
                     document.get("accepted", 0),
                     document.get("duplicates", 0),
-                    len(document.get("rejected") or ()),
+                    rejected,
+                    [batch],
                 )
             else:
-                result.fail(f"HTTP {status}", spec.batch, payload[:300].decode(errors="replace"))
+                result.fail(f"HTTP {status}", events, payload[:300].decode(errors="replace"))
             if headers.get("connection", "").lower() == "close":
                 writer.close()
                 connection = None
@@ -415,7 +497,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
     if "content-length" in headers:
         return status, headers, await reader.readexactly(int(headers["content-length"]))
     if headers.get("transfer-encoding", "").lower() == "chunked":
-        chunks = []
+        chunks: list[bytes] = []
         while True:
             size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
             chunk = await reader.readexactly(size + 2)
@@ -427,8 +509,8 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
 
 _GRPC_DRIVERS: dict[str, Callable[..., Awaitable[None]]] = {
     "stream": _stream,
-    "unary_batch": _unary,
-    "unary_single": _unary,
+    "unary": _unary,
+    "unary-single": _unary,
     "paced": _paced,
     "overload": _overload,
 }

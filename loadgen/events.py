@@ -17,6 +17,7 @@ import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import uuid_utils
@@ -59,7 +60,7 @@ class MixedEvent:
     device_type: str
     duration: float | None
 
-    def fields(self) -> dict[str, object]:
+    def fields(self) -> dict[str, Any]:
         """Keyword arguments of ``make_event`` (besides ids and timestamp)."""
         metadata: dict[str, object] = {
             "session_id": self.session_id,
@@ -171,6 +172,12 @@ class EventEncoder:
             self._protobuf[tag] = heads
         return heads
 
+    @property
+    def position(self) -> int:
+        """The mix position of the next event: a batch encoded now holds the
+        events at ``position`` and after (``Tally`` counts them by it)."""
+        return self._position
+
     def _next_positions(self, count: int) -> range | list[int]:
         start = self._position
         end = start + count
@@ -216,6 +223,44 @@ class EventEncoder:
             for i in self._next_positions(count)
         ]
         return b'{"events":[' + b",".join(parts) + b"]}"
+
+
+class Tally:
+    """How many times each position of the mix was acknowledged.
+
+    A batch is a run of consecutive mix positions, so acknowledging one costs
+    two additions (a difference array) whatever its size; ``by_campaign``
+    turns the tally into events per campaign and type at the end.
+    """
+
+    def __init__(self) -> None:
+        self._edges = [0] * (MIX_LENGTH + 1)
+        self._cycles = 0  # whole passes over the mix
+
+    def add(self, position: int, count: int) -> None:
+        """Counts the ``count`` events from mix ``position`` on."""
+        cycles, rest = divmod(count, MIX_LENGTH)
+        self._cycles += cycles
+        end = position + rest
+        if end <= MIX_LENGTH:
+            self._edges[position] += 1
+            self._edges[end] -= 1
+        else:
+            self._edges[position] += 1
+            self._edges[MIX_LENGTH] -= 1
+            self._edges[0] += 1
+            self._edges[end - MIX_LENGTH] -= 1
+
+    def by_campaign(self, mix: list[MixedEvent]) -> dict[str, dict[str, int]]:
+        """Events counted, per campaign and event type."""
+        counts: dict[str, dict[str, int]] = {}
+        times = self._cycles
+        for m, edge in zip(mix, self._edges, strict=False):
+            times += edge
+            if times:
+                types = counts.setdefault(m.campaign_id, {})
+                types[m.event_type] = types.get(m.event_type, 0) + times
+        return counts
 
 
 def check_encoding(organization_id: str, campaign_ids: list[str]) -> None:
