@@ -228,6 +228,11 @@ def _demo_help(host: str, grpc_port: int, http_port: int, key: str) -> str:
 Demo organization {org} with campaigns {", ".join(demo.DEMO_CAMPAIGNS)} is receiving
 simulated traffic. Its admin key (shown once): {key}
 
+Live dashboard, signed in for {org} (the key stays in the address's fragment,
+which the browser never sends):
+
+  {base}/#organization={org}&key={key}
+
   export KEY={key}
   curl -s -H "authorization: Bearer $KEY" \\
        '{base}/api/campaigns/camp_123/analytics/real-time?timeWindow=3600'
@@ -237,6 +242,10 @@ simulated traffic. Its admin key (shown once): {key}
        -d '{{"event": {{"eventType": "click", "campaignId": "camp_123",
                        "organizationId": "{org}", "value": 1.5}}}}' \\
        {base}/api/analytics/real-time
+  curl -s -H "authorization: Bearer $KEY" -H 'content-type: application/json' \
+       -d '{{"action": "burst", "campaignIds": ["camp_124"], "organizationId": "{org}",
+            "options": {{"count": 500}}}}' \
+       {base}/api/analytics/real-time/simulate
 
   .venv/bin/python -c "
 from clients import AnalyticsClient, make_event
