@@ -22,7 +22,7 @@ from gateway.deps import Stubs
 from gateway.errors import install_error_handlers
 from gateway.models import REQUEST_MODELS
 from gateway.responses import JsonResponse
-from gateway.routes import campaigns, ingest, metrics, simulation, subscriptions
+from gateway.routes import campaigns, dashboard, ingest, metrics, simulation, subscriptions
 from gateway.settings import GatewaySettings
 from gateway.updates import EventStreamFastPath, UpdateStreams
 
@@ -87,7 +87,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         allow_headers=["authorization", "content-type", "last-event-id", "grpc-timeout"],
         expose_headers=["retry-after"],
     )
-    for module in (ingest, metrics, campaigns, subscriptions, simulation):
+    for module in (ingest, metrics, campaigns, subscriptions, simulation, dashboard):
         app.include_router(module.router)
     app.openapi = _with_request_models(app.openapi)  # type: ignore[method-assign]
     return app
