@@ -327,7 +327,7 @@ def encode_update(update: Update) -> pb.AnalyticsUpdate:
         data=pb.MetricsUpdate(
             campaign_id=update.campaign_id,
             metrics=encode_metrics(update.metrics),
-            summary=encode_summary(update.summary),
+            summary=encode_summary(update.summary, update.active_campaigns),
         ),
         timestamp=timestamp(update.published_at),
         organization_id=update.organization_id,

@@ -188,7 +188,15 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
         )
         now = datetime.now(UTC)
         return [
-            Update(self._hub.next_sequence(), m.organization_id, m.campaign_id, m, summary, now)
+            Update(
+                self._hub.next_sequence(),
+                m.organization_id,
+                m.campaign_id,
+                m,
+                summary,
+                now,
+                active_campaigns=len(metrics),
+            )
             for m in metrics
             if subscription.follows(m.campaign_id)
         ]

@@ -26,6 +26,7 @@ class Update:
     metrics: CampaignMetrics
     summary: CampaignMetrics  # the organization's totals (campaign_id empty)
     published_at: datetime
+    active_campaigns: int = 0  # the organization's campaigns with events in the window
 
 
 @dataclass(eq=False, slots=True)

@@ -123,7 +123,13 @@ class UpdatePublisher:
             for m in metrics:
                 if m.campaign_id in campaign_ids:
                     update = Update(
-                        self._hub.next_sequence(), organization_id, m.campaign_id, m, summary, now
+                        self._hub.next_sequence(),
+                        organization_id,
+                        m.campaign_id,
+                        m,
+                        summary,
+                        now,
+                        active_campaigns=len(metrics),
                     )
                     self._hub.publish(update, seconds)
 

@@ -55,6 +55,7 @@ def test_an_ingested_event_reaches_stream_subscribers_and_pollers(
         m = update.data.metrics
         assert (m.impressions, m.clicks, m.ctr, m.total_spent) == (10, 1, 10.0, 2.0)
         assert update.data.summary.total_clicks == 2  # the organization's, both campaigns
+        assert update.data.summary.active_campaigns == 2
         assert update.sequence > 0
 
         polled = subs.GetUpdates(
