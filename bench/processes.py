@@ -95,7 +95,7 @@ def start_service(database_url: str, log: Path, settings: dict[str, str]) -> tup
     env = child_env(CAMPAIGN_ANALYTICS_MIGRATE="false", **settings)
     argv = [
         sys.executable, "-m", "server.cli", "--log-level", "warning", "serve", "--no-gateway",
-        "--grpc-port", "0", "--database-url", database_url,
+        "--grpc-port", "0", "--metrics-port", "0", "--database-url", database_url,
     ]  # fmt: skip
     process = Process("gRPC server", argv, log, env)
     match = process.wait_for_line(r"gRPC server listening on (\S+):(\d+)")

@@ -6,13 +6,16 @@ The whole tree::
     ├── ClientClosedError            the client was closed before or during the call
     └── ServiceError                 the service answered with a gRPC status
         ├── InvalidArgumentError     INVALID_ARGUMENT: an empty or too large batch, a bad window
-        ├── UnauthenticatedError     UNAUTHENTICATED: no API key, or an unknown one
+        ├── UnauthenticatedError     UNAUTHENTICATED: no API key, an unknown one, or a
+        │                            revoked one (which also ends its open streams)
         ├── PermissionDeniedError    PERMISSION_DENIED: another organization's data, or a
         │                            key without the needed role
         ├── NotFoundError            NOT_FOUND: the campaign does not exist
         ├── AlreadyExistsError       ALREADY_EXISTS: the campaign id is taken
         ├── FailedPreconditionError  FAILED_PRECONDITION
-        ├── ResourceExhaustedError   RESOURCE_EXHAUSTED: the ingest buffer is full (retried)
+        ├── ResourceExhaustedError   RESOURCE_EXHAUSTED: the ingest buffer is full, a rate
+        │                            limit of the key is reached, or a message is too
+        │                            large (retried)
         ├── UnavailableError         UNAVAILABLE: the server or its storage cannot be
         │                            reached (retried)
         ├── DeadlineExceededError    DEADLINE_EXCEEDED: the call's deadline passed
@@ -133,8 +136,10 @@ class FailedPreconditionError(ServiceError):
 
 
 class ResourceExhaustedError(ServiceError):
-    """RESOURCE_EXHAUSTED: the ingest buffer is full; ``retry_after`` says
-    when to try again. Retried by the default policy."""
+    """RESOURCE_EXHAUSTED: the ingest buffer is full or the key's rate limit
+    is reached; ``retry_after`` says when to try again. (Also: a message
+    larger than the server receives, which a retry cannot cure.) Retried by
+    the default policy."""
 
 
 class UnavailableError(ServiceError):

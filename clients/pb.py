@@ -38,6 +38,7 @@ from clients._gen.analytics.v1.ingest_service_pb2_grpc import (
 )
 from clients._gen.analytics.v1.metrics_pb2 import (
     DashboardSummary,
+    PipelineState,
     PipelineStatus,
     RealTimeMetrics,
     TopCampaign,
@@ -152,6 +153,7 @@ __all__ = [
     "MetricsServiceServicer",
     "MetricsServiceStub",
     "MetricsUpdate",
+    "PipelineState",
     "PipelineStatus",
     "RealTimeMetrics",
     "RejectedEvent",

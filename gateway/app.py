@@ -5,7 +5,6 @@ from contextlib import asynccontextmanager
 from importlib import metadata
 from typing import Any
 
-import grpc
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
@@ -18,17 +17,18 @@ from clients.pb import (
     SimulationServiceStub,
     SubscriptionServiceStub,
 )
+from gateway.channel import open_channel
 from gateway.deps import Stubs
 from gateway.errors import install_error_handlers
 from gateway.models import REQUEST_MODELS
 from gateway.responses import JsonResponse
 from gateway.routes import campaigns, dashboard, ingest, metrics, simulation, subscriptions
 from gateway.settings import GatewaySettings
+from gateway.telemetry import REQUEST_ID_HEADER, GatewayMetrics, RequestTelemetry
+from gateway.telemetry import router as telemetry_router
 from gateway.updates import EventStreamFastPath, UpdateStreams
 
 __all__ = ["create_app", "create_asgi_app"]
-
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 DESCRIPTION = """\
 Real-time campaign analytics over REST: ingest events, read live campaign
@@ -46,11 +46,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # One channel for all requests: gRPC multiplexes calls over it.
-        channel = grpc.aio.insecure_channel(
-            settings.grpc_target,
-            # As large as the server sends (dashboards of many campaigns).
-            options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)],
-        )
+        channel = open_channel(settings)
         app.state.stubs = Stubs(
             ingest=IngestServiceStub(channel),
             metrics=MetricsServiceStub(channel),
@@ -79,14 +75,27 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.update_streams = UpdateStreams(
         lambda: app.state.stubs.subscriptions if app.state.stubs is not None else None
     )
+    app.state.metrics = GatewayMetrics()
+    app.state.metrics.watch_streams(
+        app.state.update_streams.connection_count, app.state.update_streams.stream_count
+    )
     install_error_handlers(app)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
         allow_methods=["GET", "POST", "DELETE"],
-        allow_headers=["authorization", "content-type", "last-event-id", "grpc-timeout"],
-        expose_headers=["retry-after"],
+        allow_headers=[
+            "authorization",
+            "content-type",
+            "last-event-id",
+            "grpc-timeout",
+            REQUEST_ID_HEADER,
+        ],
+        expose_headers=["retry-after", REQUEST_ID_HEADER],
     )
+    # Outermost: every request, preflights included, gets its id and is counted.
+    app.add_middleware(RequestTelemetry, metrics=app.state.metrics)
+    app.include_router(telemetry_router)
     for module in (ingest, metrics, campaigns, subscriptions, simulation, dashboard):
         app.include_router(module.router)
     app.openapi = _with_request_models(app.openapi)  # type: ignore[method-assign]

@@ -247,7 +247,13 @@ def parse_body(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise BodyError(f"Request body is not valid UTF-8 (at byte {error.start})") from None
+        # Bytes that are not UTF-8 inside strings spoil only the events that
+        # hold them: read as lone surrogates, which decoding an event refuses
+        # (so in a batch each such event is rejected and kept on its own).
+        try:
+            return json.loads(body.decode("utf-8", "surrogateescape"))
+        except (json.JSONDecodeError, RecursionError):
+            raise BodyError(f"Request body is not valid UTF-8 (at byte {error.start})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
@@ -373,7 +379,7 @@ def _metadata(metadata: EventMetadata, value: Any) -> None:
             for extra_key, extra_item in item.items():
                 extra[extra_key] = _free_value(extra_item, f"metadata.{extra_key}")
         else:
-            extra[key] = _free_value(item, f"metadata.{key}")
+            extra[_string(key, "metadata")] = _free_value(item, f"metadata.{key}")
     if extra:
         try:
             metadata.extra.update(extra)
@@ -461,7 +467,10 @@ def _string(value: Any, field: str) -> str:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            _fail(field, "is not valid Unicode text (it holds a lone surrogate)")
+            _fail(
+                field,
+                "is not valid UTF-8 text (it holds bytes that are not UTF-8, or a lone surrogate)",
+            )
     return value
 
 

@@ -3,8 +3,8 @@
 - ``IngestStub``, ``MetricsStub``, ``CampaignStub``, ``SubscriptionStub``,
   ``SimulationStub``: the gRPC stubs on the one
   channel the app opened at start-up.
-- ``Call``: the caller's ``authorization`` header, forwarded as gRPC metadata,
-  and the call's deadline.
+- ``Call``: the caller's ``authorization`` header and the request's id
+  (``x-request-id``), forwarded as gRPC metadata, and the call's deadline.
 - ``RawBody``: the request body, at most ``max_body_bytes`` (413 beyond).
 """
 
@@ -25,6 +25,8 @@ from clients.pb import (
 )
 from gateway.errors import GatewayError
 from gateway.settings import GatewaySettings
+from gateway.telemetry import REQUEST_ID_HEADER
+from server.observability.logs import request_id
 
 __all__ = [
     "Call",
@@ -39,6 +41,9 @@ __all__ = [
     "SubscriptionStub",
     "TimeWindow",
 ]
+
+# The longest authorization header forwarded (keys are about 60 characters).
+MAX_AUTHORIZATION_LENGTH = 1024
 
 # The longest window the server computes: 31 days.
 MAX_TIME_WINDOW = 2_678_400
@@ -127,7 +132,19 @@ async def _call_options(
                 "The authorization header is not valid",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        if len(authorization) > MAX_AUTHORIZATION_LENGTH:
+            # Forwarded, it would break gRPC's metadata limit (16 KiB, and
+            # randomly past 8 KiB) and come back as RESOURCE_EXHAUSTED: "retry".
+            raise GatewayError(
+                StatusCode.UNAUTHENTICATED,
+                f"The authorization header is {len(authorization)} characters long; "
+                f"a key is at most {MAX_AUTHORIZATION_LENGTH}",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         metadata = (("authorization", authorization),)
+    rid = request_id.get()
+    if rid:
+        metadata = (*metadata, (REQUEST_ID_HEADER, rid))
     timeout = settings.request_timeout
     # A caller may ask for a shorter deadline, as with grpc-gateway.
     asked = request.headers.get("grpc-timeout")

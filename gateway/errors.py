@@ -26,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from grpc import StatusCode
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 from gateway.codec import BodyError, CodecError, status_details
 from gateway.responses import respond
@@ -217,9 +218,24 @@ async def _validation_error(request: Request, error: Exception) -> Response:
 async def _http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, StarletteHTTPException)
     code = _CODE_OF_HTTP.get(error.status_code, StatusCode.UNKNOWN)
-    return error_response(
-        error.status_code, code, str(error.detail), headers=dict(error.headers or {})
-    )
+    headers = dict(error.headers or {})
+    if error.status_code == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return error_response(error.status_code, code, str(error.detail), headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path takes. Each route takes one method, and routing
+    names only the first route of the path in its ``Allow``."""
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
 
 
 async def _unexpected_error(request: Request, error: Exception) -> Response:

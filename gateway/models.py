@@ -132,7 +132,7 @@ class NewCampaign(BaseModel):
 
     campaignId: str = Field(description="Unique across organizations.", examples=["camp_123"])
     organizationId: str | None = Field(None, description="Defaults to the caller's organization.")
-    name: str = Field("", examples=["Summer launch"])
+    name: str | None = Field("", examples=["Summer launch"], description="null: no name.")
 
 
 # ---------------------------------------------------------------------------
@@ -213,14 +213,30 @@ class PipelineStatus(BaseModel):
     flushThreshold: Count
     flushInterval: Count = Field(description="Milliseconds.")
     bufferCapacity: Count
-    degraded: bool
-    degradedReason: str
+    degraded: bool = Field(description="The state is not healthy; degradedReason says why.")
+    degradedReason: str = Field(
+        description='What stands in the way, since when: "PostgreSQL unreachable since '
+        '<time>: <error>", "buffer full since <time>: ...", "the server is stopping ...".'
+    )
     eventsAccepted: Count
     eventsDuplicate: Count
     eventsRejected: Count
     flushes: Count
     lastFlushEvents: Count
     lastFlushDurationMs: float
+    state: str = Field(
+        description="healthy; degraded (PostgreSQL unreachable, or the buffer full); stopping.",
+        json_schema_extra={"enum": ["healthy", "degraded", "stopping"]},
+    )
+    degradedSince: Time | None = Field(description="Since when it is not healthy; null if it is.")
+    serving: bool = Field(
+        description="What the gRPC health check answers: SERVING (true) unless PostgreSQL is "
+        "unreachable or the server is stopping."
+    )
+    commitErrors: Count = Field(
+        description="Failed attempts to commit a flush (unreachable, conflict, refused)."
+    )
+    eventsRefused: Count = Field(description="Events refused because the buffer was full (429).")
 
 
 class PipelineStatusResponse(BaseModel):
@@ -497,6 +513,12 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     }
     responses["default"] = {"model": ErrorResponse, "description": "Any other error."}
     return responses
+
+
+# The subscription id is a capability: routes that take one need no key (a
+# browser's EventSource cannot send one). FastAPI adds these requirements to
+# the key's, so the route reads "the key, or nothing".
+KEY_OPTIONAL: dict[str, Any] = {"security": [{}]}
 
 
 def request_body(*models: type[BaseModel], description: str) -> dict[str, Any]:

@@ -33,6 +33,8 @@ from starlette.types import Receive, Send
 
 from clients.pb import GetSubscriptionRequest, StreamUpdatesRequest, SubscriptionServiceStub
 from gateway import codec
+from gateway.telemetry import REQUEST_ID_HEADER, request_id_from
+from server.observability.logs import request_id
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +180,7 @@ class UpdateStreams:
     ) -> None:
         """Streams the subscription's updates to one connection until it
         disconnects or the subscription ends. The response has started."""
+        metadata = _credentials(metadata)
         connection = Connection(send)
         connection.offer(
             b"retry: %d\n" % RETRY_MS
@@ -218,7 +221,16 @@ class UpdateStreams:
         a caller with the same credentials (or none): the subscription was
         checked then, and its stream would have ended were it removed since."""
         channel = self._channels.get(subscription_id)
+        metadata = _credentials(metadata)
         return channel is not None and (not metadata or metadata == channel.metadata)
+
+    def connection_count(self) -> int:
+        """SSE connections open."""
+        return sum(len(channel.connections) for channel in self._channels.values())
+
+    def stream_count(self) -> int:
+        """Upstream update streams (one per subscription followed)."""
+        return len(self._channels)
 
     async def close(self) -> None:
         """Ends every stream (at shutdown)."""
@@ -281,6 +293,12 @@ class UpdateStreams:
             delay = min(5.0, delay * 2)
 
 
+def _credentials(metadata: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The metadata that says who the caller is: one upstream stream serves
+    every connection of the same caller, whatever their request ids."""
+    return tuple(item for item in metadata if item[0] != REQUEST_ID_HEADER)
+
+
 async def _disconnect(receive: Receive) -> None:
     while True:
         message = await receive()
@@ -319,6 +337,9 @@ class EventStreamFastPath:
         if (query.get("format") or [""])[0] != "sse" or not subscription_id or stubs is None:
             return False
         headers = {name.lower(): value for name, value in scope["headers"]}
+        rid = request_id_from(scope["headers"])
+        request_id.set(rid)
+        scope["request_id"] = rid  # the same id, should the app answer instead
         metadata: tuple[tuple[str, str], ...] = ()
         authorization = headers.get(b"authorization")
         if authorization is not None:
@@ -331,17 +352,18 @@ class EventStreamFastPath:
             try:
                 await stubs.subscriptions.GetSubscription(
                     GetSubscriptionRequest(subscription_id=subscription_id),
-                    metadata=metadata,
+                    metadata=(*metadata, (REQUEST_ID_HEADER, rid)),
                     timeout=self.app.state.settings.request_timeout,
                 )
             except grpc.aio.AioRpcError:
                 return False  # the app answers with the error
-        response_headers = []
+        response_headers = [(REQUEST_ID_HEADER.encode(), rid.encode())]
         origin = headers.get(b"origin")
         allowed = self.app.state.settings.cors_origins
         if origin is not None and ("*" in allowed or origin.decode("latin-1") in allowed):
             response_headers.append((b"access-control-allow-origin", origin))
             response_headers.append((b"vary", b"origin"))
         resume = bool(headers.get(b"last-event-id") or query.get("lastEventId"))
+        self.app.state.metrics.requests.labels(UPDATES_PATH, "GET", "200").inc()
         await streams.respond(subscription_id, metadata, resume, send, receive, response_headers)
         return True

@@ -14,20 +14,27 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from clients import pb
-from server import codec
+from server import codec, tls
 from server.auth import KeyStore
 from server.ingest.campaigns import CampaignDirectory
 from server.ingest.dead_letters import DeadLetters
 from server.ingest.pipeline import IngestPipeline
 from server.ingest.validation import Limits
 from server.ingest.writer import BatchWriter
+from server.limits import KeyLimits
 from server.metrics.reader import MetricsReader
 from server.metrics.retention import prune_periodically
+from server.observability.condition import PipelineCondition
+from server.observability.exposition import MetricsEndpoint
+from server.observability.metrics import ServerMetrics
+from server.observability.request_ids import RequestIds
+from server.revocation import RevocationListener
 from server.services.campaigns import CampaignServicer
 from server.services.ingest import IngestServicer
 from server.services.metrics import MetricsServicer
 from server.services.simulation import SimulationServicer
 from server.services.subscriptions import SubscriptionServicer
+from server.services.undecodable import UndecodableRequests
 from server.settings import ServerSettings
 from server.simulation.simulations import Simulations
 from server.store import migrate
@@ -37,6 +44,7 @@ from server.updates.publisher import UpdatePublisher
 
 log = logging.getLogger(__name__)
 
+# The default largest gRPC message (``max_message_bytes``), for clients too.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 HEALTH_INTERVAL = 1.0
 
@@ -51,6 +59,8 @@ class Components:
     hub: UpdateHub
     publisher: UpdatePublisher
     simulations: Simulations
+    metrics: ServerMetrics
+    condition: PipelineCondition
 
 
 class AnalyticsServer:
@@ -65,15 +75,30 @@ class AnalyticsServer:
         self._monitor: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self.components: Components | None = None
+        self._ingest: IngestServicer | None = None
+        self._revocations: RevocationListener | None = None
+        self.metrics = ServerMetrics(process=True)
+        self._metrics_endpoint = MetricsEndpoint(self.metrics.registry)
+        self.metrics_port = 0  # where /metrics is served; 0: nowhere
 
     async def start(self) -> int:
         s = self.settings
+        if s.metrics_port:
+            self.metrics_port = self._metrics_endpoint.start(s.host, s.metrics_port)
         if s.migrate:
             await asyncio.to_thread(migrate.upgrade, self.database_url)
         engine = create_async_engine(
             sqlalchemy_url(self.database_url), pool_size=8, max_overflow=8, pool_pre_ping=True
         )
-        keys = KeyStore(engine, s.key_cache_seconds)
+        keys = KeyStore(
+            engine,
+            s.key_cache_seconds,
+            KeyLimits(
+                calls_per_second=s.rate_limit_calls_per_second,
+                events_per_second=s.rate_limit_events_per_second,
+                burst_seconds=s.rate_limit_burst_seconds,
+            ),
+        )
         campaigns = CampaignDirectory(engine)
         writer = BatchWriter(
             libpq_url(self.database_url),
@@ -82,6 +107,7 @@ class AnalyticsServer:
             capacity=s.buffer_capacity,
             max_flush_events=s.max_flush_events,
             connections=s.writer_connections,
+            metrics=self.metrics,
         )
         pipeline = IngestPipeline(
             writer,
@@ -94,9 +120,10 @@ class AnalyticsServer:
             ),
             max_batch_events=s.max_batch_events,
             payload_of=codec.event_payload,
+            metrics=self.metrics,
         )
         reader = MetricsReader(engine)
-        hub = UpdateHub(s.max_queue_size, s.subscription_idle_seconds)
+        hub = UpdateHub(s.max_queue_size, s.subscription_idle_seconds, self.metrics)
         publisher = UpdatePublisher(
             hub,
             reader,
@@ -104,23 +131,37 @@ class AnalyticsServer:
             min_interval=s.update_interval_ms / 1000,
             sweep_interval=min(30.0, s.subscription_idle_seconds / 2),
         )
-        simulations = Simulations(pipeline)
+        simulations = Simulations(pipeline, self.metrics)
+        condition = PipelineCondition(pipeline)
         self.components = Components(
-            engine, keys, writer, pipeline, reader, hub, publisher, simulations
+            engine,
+            keys,
+            writer,
+            pipeline,
+            reader,
+            hub,
+            publisher,
+            simulations,
+            self.metrics,
+            condition,
         )
         await writer.start()
         await publisher.start()
+        self._revocations = RevocationListener(keys, hub, libpq_url(self.database_url))
+        await self._revocations.start()
 
         server = grpc.aio.server(
+            interceptors=[RequestIds(), UndecodableRequests()],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", s.max_message_bytes),
+                ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
-        pb.add_IngestServiceServicer_to_server(IngestServicer(keys, pipeline), server)
+        self._ingest = IngestServicer(keys, pipeline)
+        pb.add_IngestServiceServicer_to_server(self._ingest, server)
         pb.add_MetricsServiceServicer_to_server(
-            MetricsServicer(keys, reader, campaigns, pipeline), server
+            MetricsServicer(keys, reader, campaigns, pipeline, condition), server
         )
         pb.add_CampaignServiceServicer_to_server(CampaignServicer(keys, engine, campaigns), server)
         pb.add_SubscriptionServiceServicer_to_server(
@@ -131,7 +172,7 @@ class AnalyticsServer:
         reflection.enable_server_reflection(
             (*pb.SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        self.port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        self.port = tls.add_port(server, f"{s.host}:{s.grpc_port}", s.tls_cert, s.tls_key)
         if self.port == 0:
             raise OSError(f"cannot listen on {s.host}:{s.grpc_port}: the port is taken?")
         await server.start()
@@ -154,20 +195,30 @@ class AnalyticsServer:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.components is not None:
+            self.components.condition.stopping()
+            self.metrics.serving.set(0)
         await self._health.enter_graceful_shutdown()
         if self.components is not None:
             # Simulations commit their batch in flight and end.
             await self.components.simulations.close(timeout=min(5.0, grace))
             # Update streams end now, cleanly, rather than at the grace's end.
             await self.components.publisher.stop()
+            if self._revocations is not None:
+                await self._revocations.stop()
             self.components.hub.close_all()
         if self._server is not None:
+            # Streams end at their next message, committing what they read,
+            # rather than at the grace's end with nothing said.
+            if self._ingest is not None:
+                self._ingest.drain()
             await self._server.stop(grace)
         drained = True
         if self.components is not None:
             remaining = max(0.1, deadline - loop.time())
             drained = await self.components.writer.shutdown(remaining)
             await self.components.engine.dispose()
+        await self._metrics_endpoint.stop()
         return drained
 
     async def wait_for_termination(self) -> None:
@@ -180,16 +231,20 @@ class AnalyticsServer:
             await self._check_health()
 
     async def _check_health(self) -> None:
-        """SERVING while PostgreSQL answers and the writer is not degraded."""
+        """SERVING while PostgreSQL answers and the writer is not degraded;
+        the pipeline status says why not (``PipelineCondition``)."""
         assert self.components is not None
-        healthy = not self.components.writer.degraded
-        if healthy:
+        condition = self.components.condition
+        if not self.components.writer.degraded:
             try:
                 async with asyncio.timeout(2):
                     async with self.components.engine.connect() as conn:
                         await conn.execute(text("SELECT 1"))
-            except Exception:
-                healthy = False
+                condition.database_answered()
+            except Exception as exc:
+                condition.database_failed(exc)
+        healthy = condition.current().serving
+        self.metrics.serving.set(1 if healthy else 0)
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if healthy

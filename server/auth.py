@@ -3,21 +3,34 @@
 A key reads ``ca_<key id>_<secret>``; the database keeps only its SHA-256
 (keys are random and long, so a slow hash adds nothing). Checked keys are
 trusted for ``cache_seconds``.
+
+Revoking a key (``revoke_key``) sends, in its transaction, a NOTIFY on
+``REVOCATIONS_CHANNEL``; every server process LISTENs
+(``server.revocation``) and calls ``KeyStore.revoked``, which drops the key
+from the cache and ends its open streams at once. A process whose LISTEN
+connection was down catches up when it is back; meanwhile it trusts a
+cached key for at most ``cache_seconds``.
 """
 
 import hashlib
 import secrets
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from server.domain import Principal, Role
-from server.errors import Unauthenticated
+from server.errors import InvalidArgument, NotFound, Unauthenticated
+from server.limits import KeyLimits
+from server.open_streams import KEY_REVOKED, OpenStreams
 from server.store.schema import api_keys
 
 KEY_PREFIX = "ca_"
+# The NOTIFY channel on which a revocation names the key it revoked.
+REVOCATIONS_CHANNEL = "campaign_analytics_key_revocations"
 
 
 def new_key() -> tuple[str, str]:
@@ -40,11 +53,30 @@ def bearer_token(authorization: str | None) -> str:
     return token.strip()
 
 
+def key_id_of(key: str) -> str:
+    """The key id in a key (``ca_<key id>_<secret>``); the argument if it is no key."""
+    if key.startswith(KEY_PREFIX):
+        key_id, _, secret = key.removeprefix(KEY_PREFIX).partition("_")
+        if key_id and secret:
+            return key_id
+    return key
+
+
 class KeyStore:
-    def __init__(self, engine: AsyncEngine, cache_seconds: float = 5.0) -> None:
+    """Who is calling (``authenticate``), the limits every key has, and the
+    streams each key holds open."""
+
+    def __init__(
+        self, engine: AsyncEngine, cache_seconds: float = 5.0, limits: KeyLimits | None = None
+    ) -> None:
         self._engine = engine
         self._cache_seconds = cache_seconds
         self._cache: dict[bytes, tuple[float, Principal]] = {}
+        # Keys revoked while this process runs: refused even if a check that
+        # read the database just before the revocation comes back after it.
+        self._revoked: set[str] = set()
+        self.limits = limits or KeyLimits()
+        self.streams = OpenStreams()
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The caller of an authorization value; raises ``Unauthenticated``."""
@@ -53,19 +85,35 @@ class KeyStore:
         now = time.monotonic()
         if cached and cached[0] > now:
             return cached[1]
-        query = select(api_keys.c.organization_id, api_keys.c.role, api_keys.c.key_id).where(
-            api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
-        )
+        query = select(
+            api_keys.c.organization_id, api_keys.c.role, api_keys.c.key_id, api_keys.c.revoked_at
+        ).where(api_keys.c.key_hash == digest)
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             self._cache.pop(digest, None)
             raise Unauthenticated("the API key is unknown or revoked")
+        if row.revoked_at is not None or row.key_id in self._revoked:
+            self._cache.pop(digest, None)
+            raise Unauthenticated(KEY_REVOKED)
         principal = Principal(row.organization_id, Role(row.role), row.key_id)
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (now + self._cache_seconds, principal)
         return principal
+
+    def revoked(self, key_id: str) -> int:
+        """Applies a revocation at once: the key is refused from now on and its
+        open streams end. Returns how many streams were ended."""
+        self._revoked.add(key_id)
+        for digest, (_, principal) in list(self._cache.items()):
+            if principal.key_id == key_id:
+                del self._cache[digest]
+        return self.streams.end(key_id)
+
+    def forget_all(self) -> None:
+        """Empties the cache: every key is checked again on its next call."""
+        self._cache.clear()
 
 
 async def create_key(engine: AsyncEngine, organization_id: str, role: Role, name: str = "") -> str:
@@ -83,3 +131,93 @@ async def create_key(engine: AsyncEngine, organization_id: str, role: Role, name
             )
         )
     return key
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What is stored of a key; never its secret (only its hash is stored)."""
+
+    organization_id: str
+    key_id: str
+    role: Role
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+_RECORD_COLUMNS = (
+    api_keys.c.organization_id,
+    api_keys.c.key_id,
+    api_keys.c.role,
+    api_keys.c.name,
+    api_keys.c.created_at,
+    api_keys.c.revoked_at,
+)
+
+
+def _record(row: Any) -> KeyRecord:
+    return KeyRecord(
+        row.organization_id, row.key_id, Role(row.role), row.name, row.created_at, row.revoked_at
+    )
+
+
+async def list_keys(engine: AsyncEngine, organization_id: str) -> list[KeyRecord]:
+    """The organization's keys, oldest first, revoked ones included."""
+    query = (
+        select(*_RECORD_COLUMNS)
+        .where(api_keys.c.organization_id == organization_id)
+        .order_by(api_keys.c.created_at, api_keys.c.key_id)
+    )
+    async with engine.connect() as conn:
+        return [_record(row) for row in await conn.execute(query)]
+
+
+async def revoke_key(
+    engine: AsyncEngine, key_id: str, organization_id: str | None = None
+) -> tuple[KeyRecord, bool]:
+    """Revokes a key; returns its record and whether this call revoked it
+    (False: it already was). The NOTIFY that tells every server process is
+    sent in the same transaction, so it is delivered exactly when the
+    revocation is committed."""
+    query = select(*_RECORD_COLUMNS).where(api_keys.c.key_id == key_id).with_for_update()
+    if organization_id is not None:
+        query = query.where(api_keys.c.organization_id == organization_id)
+    async with engine.begin() as conn:
+        rows = (await conn.execute(query)).all()
+        if not rows:
+            where = f" in organization {organization_id!r}" if organization_id else ""
+            raise NotFound(
+                f"no API key has id {key_id!r}{where}; list-keys shows an organization's keys"
+            )
+        if len(rows) > 1:
+            organizations = ", ".join(sorted(row.organization_id for row in rows))
+            raise InvalidArgument(
+                f"key id {key_id!r} exists in several organizations ({organizations}); "
+                "name the organization"
+            )
+        record = _record(rows[0])
+        if record.revoked_at is not None:
+            return record, False
+        revoked_at = (
+            await conn.execute(
+                update(api_keys)
+                .where(
+                    api_keys.c.organization_id == record.organization_id,
+                    api_keys.c.key_id == key_id,
+                )
+                .values(revoked_at=func.now())
+                .returning(api_keys.c.revoked_at)
+            )
+        ).scalar_one()
+        await conn.execute(select(func.pg_notify(REVOCATIONS_CHANNEL, key_id)))
+    return (
+        KeyRecord(
+            record.organization_id,
+            key_id,
+            record.role,
+            record.name,
+            record.created_at,
+            revoked_at,
+        ),
+        True,
+    )

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ from sqlalchemy.ext.asyncio import create_async_engine
 import loadgen.run
 from server import admin, demo
 from server.app import AnalyticsServer
-from server.auth import create_key
+from server.auth import create_key, key_id_of, list_keys, revoke_key
 from server.domain import Role
 from server.errors import ServiceError
+from server.observability import logs
 from server.settings import ServerSettings
 from server.store import migrate
 from server.store.database import resolve_url, sqlalchemy_url
@@ -38,10 +40,8 @@ log = logging.getLogger("campaign_analytics")
 def main(argv: list[str] | None = None) -> None:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    args.log_format = _log_format(parser, args.log_format)
+    logs.configure(getattr(logging, args.log_level.upper()), args.log_format)
     logging.getLogger("pgserver").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
@@ -58,7 +58,23 @@ def _parser() -> argparse.ArgumentParser:
         description="Real-time campaign analytics: gRPC and REST ingest, live metrics.",
     )
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-format",
+        default=None,
+        choices=logs.LOG_FORMATS,
+        help="text for people, json (a JSON object per line) for machines "
+        "(env CAMPAIGN_ANALYTICS_LOG_FORMAT; default text)",
+    )
     commands = parser.add_subparsers(required=True, metavar="command")
+
+    def log_format(p: argparse.ArgumentParser) -> None:
+        # Also after the command; SUPPRESS keeps a value given before it.
+        p.add_argument(
+            "--log-format",
+            default=argparse.SUPPRESS,
+            choices=logs.LOG_FORMATS,
+            help="text or json (env CAMPAIGN_ANALYTICS_LOG_FORMAT; default text)",
+        )
 
     def database(p: argparse.ArgumentParser) -> None:
         p.add_argument(
@@ -78,11 +94,26 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     serve.add_argument("--grpc-port", type=int, default=None, help="gRPC port (default 50051)")
     serve.add_argument("--http-port", type=int, default=None, help="REST port (default 8080)")
+    serve.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port of the server's /metrics for Prometheus (default 9464; 0: none)",
+    )
+    log_format(serve)
     serve.add_argument("--no-gateway", action="store_true", help="run only the gRPC server")
     serve.add_argument(
         "--demo",
         action="store_true",
         help="create a demo organization, campaigns and key, and feed simulated traffic",
+    )
+    _tls_arguments(serve)
+    serve.add_argument(
+        "--grpc-ca",
+        type=Path,
+        default=None,
+        help="PEM trust root with which the gateway checks the gRPC server's certificate "
+        "(env CAMPAIGN_ANALYTICS_GRPC_CA; default: --tls-cert itself)",
     )
     serve.set_defaults(run=_serve)
 
@@ -92,6 +123,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     gateway.add_argument("--host", default=None)
     gateway.add_argument("--http-port", type=int, default=None)
+    log_format(gateway)
+    _tls_arguments(gateway)
+    gateway.add_argument(
+        "--grpc-ca",
+        type=Path,
+        default=None,
+        help="PEM trust root of the gRPC server's certificate: call it over TLS "
+        "(env CAMPAIGN_ANALYTICS_GRPC_CA)",
+    )
     gateway.set_defaults(run=_gateway)
 
     migrate_cmd = commands.add_parser("migrate", help="apply the database migrations")
@@ -111,6 +151,23 @@ def _parser() -> argparse.ArgumentParser:
     key.add_argument("--name", default="")
     key.set_defaults(run=_create_key)
 
+    keys = commands.add_parser(
+        "list-keys", help="list an organization's API keys (never their secrets)"
+    )
+    database(keys)
+    keys.add_argument("organization_id")
+    keys.set_defaults(run=_list_keys)
+
+    revoke = commands.add_parser(
+        "revoke-key", help="revoke an API key: every server refuses it at once"
+    )
+    database(revoke)
+    revoke.add_argument("key_id", help="the key's id, as list-keys shows it")
+    revoke.add_argument(
+        "--organization", default=None, help="the key's organization (when the id is ambiguous)"
+    )
+    revoke.set_defaults(run=_revoke_key)
+
     campaign = commands.add_parser("create-campaign", help="create a campaign")
     database(campaign)
     campaign.add_argument("organization_id")
@@ -126,13 +183,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tls_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        help="PEM certificate (chain): serve gRPC and HTTPS over TLS, with --tls-key "
+        "(env CAMPAIGN_ANALYTICS_TLS_CERT)",
+    )
+    p.add_argument(
+        "--tls-key",
+        type=Path,
+        default=None,
+        help="PEM private key of --tls-cert (env CAMPAIGN_ANALYTICS_TLS_KEY)",
+    )
+
+
 def _settings(args: argparse.Namespace, **overrides: Any) -> ServerSettings:
     values = {k: v for k, v in overrides.items() if v is not None}
+    for name in ("tls_cert", "tls_key"):
+        if getattr(args, name, None):
+            values[name] = getattr(args, name)
     if getattr(args, "database_url", None):
         values["database_url"] = args.database_url
     if getattr(args, "data_dir", None):
         values["data_dir"] = args.data_dir
     return ServerSettings(**values)
+
+
+def _log_format(parser: argparse.ArgumentParser, given: str | None) -> logs.LogFormat:
+    chosen = given or os.environ.get("CAMPAIGN_ANALYTICS_LOG_FORMAT") or "text"
+    if chosen not in logs.LOG_FORMATS:
+        parser.error(
+            f"CAMPAIGN_ANALYTICS_LOG_FORMAT is {chosen!r}; use {' or '.join(logs.LOG_FORMATS)}"
+        )
+    return chosen  # type: ignore[return-value]
 
 
 def _database_url(settings: ServerSettings) -> str:
@@ -145,7 +230,9 @@ def _database_url(settings: ServerSettings) -> str:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    settings = _settings(args, host=args.host, grpc_port=args.grpc_port)
+    settings = _settings(
+        args, host=args.host, grpc_port=args.grpc_port, metrics_port=args.metrics_port
+    )
     _use_uvloop()
     asyncio.run(_serve_async(args, settings))
 
@@ -159,18 +246,31 @@ async def _serve_async(args: argparse.Namespace, settings: ServerSettings) -> No
     try:
         port = await server.start()
         print(f"gRPC server listening on {settings.host}:{port}", flush=True)
+        if server.metrics_port:
+            print(
+                f"Metrics for Prometheus on http://{settings.host}:{server.metrics_port}/metrics",
+                flush=True,
+            )
         http_port = args.http_port
         if http_port is None:
             http_port = int(os.environ.get("CAMPAIGN_ANALYTICS_PORT", "8080"))
         if not args.no_gateway:
-            gateway = _start_gateway(f"{settings.host}:{port}", settings.host, http_port)
+            gateway = _start_gateway(
+                f"{settings.host}:{port}",
+                settings.host,
+                http_port,
+                args.log_format,
+                _gateway_tls(args, settings),
+            )
             await asyncio.to_thread(_wait_for_port, settings.host, http_port, gateway)
-            print(f"REST gateway listening on http://{settings.host}:{http_port}", flush=True)
+            scheme = "https" if settings.tls_cert else "http"
+            print(f"REST gateway listening on {scheme}://{settings.host}:{http_port}", flush=True)
         if args.demo:
             assert server.components is not None
             key = await demo.prepare(server.components.engine)
             traffic = asyncio.create_task(demo.run_traffic(server.components.pipeline))
-            print(_demo_help(settings.host, port, http_port, key), flush=True)
+            scheme = "https" if settings.tls_cert else "http"
+            print(_demo_help(settings.host, port, http_port, key, scheme), flush=True)
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -196,16 +296,34 @@ async def _serve_async(args: argparse.Namespace, settings: ServerSettings) -> No
     print("Stopped.", flush=True)
 
 
-def _start_gateway(grpc_target: str, host: str, http_port: int) -> subprocess.Popen[bytes]:
+def _start_gateway(
+    grpc_target: str, host: str, http_port: int, log_format: str, tls: dict[str, str]
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ)
     env.update(
         CAMPAIGN_ANALYTICS_GRPC_TARGET=grpc_target,
         CAMPAIGN_ANALYTICS_HOST=host,
         CAMPAIGN_ANALYTICS_PORT=str(http_port),
+        CAMPAIGN_ANALYTICS_LOG_FORMAT=log_format,
+        **tls,
     )
     # close_fds=False lets Python spawn without fork(), which gRPC's running
     # threads would otherwise warn about; our descriptors are not inheritable.
     return subprocess.Popen([sys.executable, "-m", "gateway"], env=env, close_fds=False)
+
+
+def _gateway_tls(args: argparse.Namespace, settings: ServerSettings) -> dict[str, str]:
+    """The gateway's TLS settings when the server uses TLS: HTTPS with the same
+    certificate, and TLS to the gRPC server, trusting ``--grpc-ca`` (or the
+    certificate itself, which suits a self-signed one on loopback)."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return {}
+    ca = args.grpc_ca or os.environ.get("CAMPAIGN_ANALYTICS_GRPC_CA") or settings.tls_cert
+    return {
+        "CAMPAIGN_ANALYTICS_TLS_CERT": str(Path(settings.tls_cert).resolve()),
+        "CAMPAIGN_ANALYTICS_TLS_KEY": str(Path(settings.tls_key).resolve()),
+        "CAMPAIGN_ANALYTICS_GRPC_CA": str(Path(ca).resolve()),
+    }
 
 
 def _wait_for_port(
@@ -221,8 +339,8 @@ def _wait_for_port(
     raise ServiceError(f"the REST gateway did not listen on {host}:{port} within {limit:g} s")
 
 
-def _demo_help(host: str, grpc_port: int, http_port: int, key: str) -> str:
-    base = f"http://{host}:{http_port}"
+def _demo_help(host: str, grpc_port: int, http_port: int, key: str, scheme: str = "http") -> str:
+    base = f"{scheme}://{host}:{http_port}"
     org = demo.DEMO_ORGANIZATION
     return f"""
 Demo organization {org} with campaigns {", ".join(demo.DEMO_CAMPAIGNS)} is receiving
@@ -242,9 +360,9 @@ which the browser never sends):
        -d '{{"event": {{"eventType": "click", "campaignId": "camp_123",
                        "organizationId": "{org}", "value": 1.5}}}}' \\
        {base}/api/analytics/real-time
-  curl -s -H "authorization: Bearer $KEY" -H 'content-type: application/json' \
+  curl -s -H "authorization: Bearer $KEY" -H 'content-type: application/json' \\
        -d '{{"action": "burst", "campaignIds": ["camp_124"], "organizationId": "{org}",
-            "options": {{"count": 500}}}}' \
+            "options": {{"count": 500}}}}' \\
        {base}/api/analytics/real-time/simulate
 
   .venv/bin/python -c "
@@ -265,6 +383,10 @@ def _gateway(args: argparse.Namespace) -> None:
         "grpc_target": args.grpc_target,
         "host": args.host,
         "port": args.http_port,
+        "log_format": args.log_format,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "grpc_ca": args.grpc_ca,
     }
     serve(GatewaySettings(**{k: v for k, v in overrides.items() if v is not None}))
 
@@ -311,6 +433,49 @@ def _create_key(args: argparse.Namespace) -> None:
         return f"{key}\n(the {args.role} key of {args.organization_id}; it is shown only once)"
 
     _admin(args, action)
+
+
+def _list_keys(args: argparse.Namespace) -> None:
+    async def action(engine: Any) -> str:
+        if not await admin.organization_exists(engine, args.organization_id):
+            raise ServiceError(f"organization {args.organization_id!r} does not exist")
+        records = await list_keys(engine, args.organization_id)
+        if not records:
+            return f"Organization {args.organization_id} has no API keys."
+        rows = [("KEY ID", "ROLE", "NAME", "CREATED", "REVOKED")]
+        for record in records:
+            rows.append(
+                (
+                    record.key_id,
+                    record.role.value,
+                    record.name or "-",
+                    _when(record.created_at),
+                    _when(record.revoked_at) if record.revoked_at else "-",
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        return "\n".join(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+            for row in rows
+        )
+
+    _admin(args, action)
+
+
+def _revoke_key(args: argparse.Namespace) -> None:
+    async def action(engine: Any) -> str:
+        record, revoked = await revoke_key(engine, key_id_of(args.key_id), args.organization)
+        assert record.revoked_at is not None
+        what = f"the {record.role.value} key {record.key_id} of {record.organization_id}"
+        if not revoked:
+            return f"Nothing to do: {what} was already revoked at {_when(record.revoked_at)}."
+        return f"Revoked {what}: every server refuses it from now on and ends its open streams."
+
+    _admin(args, action)
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _create_campaign(args: argparse.Namespace) -> None:

@@ -16,6 +16,7 @@ from server.ingest.validation import IncomingEvent, truncate_ip
 from server.ingest.writer import WriterStats
 from server.metrics.formulas import MICROS, CampaignMetrics
 from server.metrics.reader import Dashboard
+from server.observability.condition import Condition, PipelineState
 from server.simulation.simulations import Options, Simulation, State
 from server.updates.hub import Subscription, Update
 
@@ -270,6 +271,8 @@ def encode_status(
     flush_interval: float,
     capacity: int,
     events_rejected: int,
+    condition: Condition,
+    events_refused: int = 0,
 ) -> pb.PipelineStatus:
     status = pb.PipelineStatus(
         buffer_size=buffered,
@@ -277,8 +280,12 @@ def encode_status(
         flush_threshold=flush_threshold,
         flush_interval=round(flush_interval * 1000),
         buffer_capacity=capacity,
-        degraded=bool(stats.degraded_reason),
-        degraded_reason=stats.degraded_reason,
+        degraded=condition.state is not PipelineState.HEALTHY,
+        degraded_reason=condition.cause,
+        state=_PIPELINE_STATES[condition.state],
+        serving=condition.serving,
+        commit_errors=stats.commit_errors,
+        events_refused=events_refused,
         events_accepted=stats.events_accepted,
         events_duplicate=stats.events_duplicate,
         events_rejected=events_rejected,
@@ -288,7 +295,16 @@ def encode_status(
     )
     if stats.last_flush is not None:
         status.last_flush.CopyFrom(timestamp(stats.last_flush))
+    if condition.since is not None:
+        status.degraded_since.CopyFrom(timestamp(condition.since))
     return status
+
+
+_PIPELINE_STATES = {
+    PipelineState.HEALTHY: pb.PipelineState.PIPELINE_STATE_HEALTHY,
+    PipelineState.DEGRADED: pb.PipelineState.PIPELINE_STATE_DEGRADED,
+    PipelineState.STOPPING: pb.PipelineState.PIPELINE_STATE_STOPPING,
+}
 
 
 def encode_campaign(record: CampaignRecord) -> pb.Campaign:

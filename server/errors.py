@@ -6,7 +6,8 @@ ServiceError
  ├── PermissionDenied    the key may not act on that organization or lacks the role (403)
  ├── NotFound            the campaign (or subscription) does not exist (404)
  ├── AlreadyExists       the id is taken (409)
- ├── ResourceExhausted   the buffer is full: retry after ``retry_after`` seconds (429)
+ ├── ResourceExhausted   the buffer is full, or a key's rate limit is reached: retry
+ │                       after ``retry_after`` seconds (429)
  └── Unavailable         PostgreSQL cannot be reached in time: retry (503)
 """
 

@@ -19,6 +19,10 @@ from server.domain import Role
 from server.store import migrate
 from server.store.database import create_database, libpq_url, start_embedded
 
+# Servers in tests (in this process or started as commands) serve no
+# /metrics unless a test asks for a port: the default one would collide.
+os.environ.setdefault("CAMPAIGN_ANALYTICS_METRICS_PORT", "0")
+
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:

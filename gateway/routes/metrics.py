@@ -92,7 +92,9 @@ async def get_pipeline_status(
 async def get_dashboard(
     stub: MetricsStub,
     call: Call,
-    organization_id: Annotated[str, Query(alias="organizationId")],
+    organization_id: Annotated[
+        str, Query(alias="organizationId", json_schema_extra={"minLength": 1})
+    ],
     time_window: TimeWindow = DEFAULT_TIME_WINDOW,
 ) -> JsonResponse:
     if not organization_id:
@@ -138,7 +140,9 @@ Step = Annotated[
 async def get_organization_trends(
     stub: MetricsStub,
     call: Call,
-    organization_id: Annotated[str, Query(alias="organizationId")],
+    organization_id: Annotated[
+        str, Query(alias="organizationId", json_schema_extra={"minLength": 1})
+    ],
     time_window: TrendWindow = DEFAULT_TIME_WINDOW,
     step: Step = None,
 ) -> JsonResponse:

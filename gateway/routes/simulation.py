@@ -73,7 +73,10 @@ async def simulate(body: RawBody, stub: SimulationStub, call: Call) -> JsonRespo
     organization_id = fields.get("organizationId", fields.get("organization_id"))
     if not organization_id or not isinstance(organization_id, str):
         raise bad_request(ORGANIZATION_ID_REQUIRED, "organizationId")
-    simulation_id = fields.get("simulationId", fields.get("simulation_id")) or ""
+    # null is "not given"; 0 or false must not pass for it (stop would stop them all).
+    simulation_id = fields.get("simulationId", fields.get("simulation_id"))
+    if simulation_id is None:
+        simulation_id = ""
     if not isinstance(simulation_id, str):
         raise bad_request("simulationId must be a string", "simulationId")
     request = SimulateRequest(

@@ -25,6 +25,14 @@ SubscriptionIdQuery = Annotated[
     str | None,
     Query(alias="subscriptionId", description="The subscription's id (from subscribe)."),
 ]
+RequiredSubscriptionIdQuery = Annotated[
+    str,
+    Query(
+        alias="subscriptionId",
+        description="The subscription's id (from subscribe).",
+        json_schema_extra={"minLength": 1},
+    ),
+]
 
 
 @router.post(
@@ -44,10 +52,16 @@ async def subscribe(body: RawBody, stub: SubscriptionStub, call: Call) -> JsonRe
     organization_id = fields.get("organizationId") or fields.get("organization_id")
     if not organization_id or not isinstance(organization_id, str):
         raise bad_request("organizationId is required", "organizationId")
-    campaign_ids = fields.get("campaignIds", fields.get("campaign_ids")) or []
+    # null is "not given"; any other value must have the right type (an empty
+    # object must not pass for "no campaigns", which follows them all).
+    campaign_ids = fields.get("campaignIds", fields.get("campaign_ids"))
+    if campaign_ids is None:
+        campaign_ids = []
     if not isinstance(campaign_ids, list) or not all(isinstance(c, str) for c in campaign_ids):
         raise bad_request("campaignIds must be an array of campaign ids", "campaignIds")
-    time_window = fields.get("timeWindow", fields.get("time_window")) or 0
+    time_window = fields.get("timeWindow", fields.get("time_window"))
+    if time_window is None:
+        time_window = 0
     if not isinstance(time_window, int) or isinstance(time_window, bool):
         raise bad_request("timeWindow must be a whole number of seconds", "timeWindow")
     response = await stub.CreateSubscription(
@@ -65,6 +79,7 @@ async def subscribe(body: RawBody, stub: SubscriptionStub, call: Call) -> JsonRe
     summary="Remove a subscription",
     response_model=models.SubscriptionRemovedResponse,
     responses=models.error_responses(404),
+    openapi_extra=models.KEY_OPTIONAL,
 )
 async def unsubscribe(
     stub: SubscriptionStub,
@@ -99,11 +114,12 @@ async def unsubscribe(
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
     },
+    openapi_extra=models.KEY_OPTIONAL,
 )
 async def updates(
     stub: SubscriptionStub,
     call: Call,
-    subscription_id: SubscriptionIdQuery = None,
+    subscription_id: RequiredSubscriptionIdQuery,
     response_format: Annotated[
         Literal["json", "sse"], Query(alias="format", description="json (polling) or sse.")
     ] = "json",

@@ -21,7 +21,9 @@ class CampaignDirectory:
         for campaign_id in campaign_ids:
             owner = self._owners.get(campaign_id)
             result[campaign_id] = owner
-            if owner is None:
+            # An id holding a NUL cannot be stored (PostgreSQL's text cannot
+            # hold one), so there is no such campaign, and asking would fail.
+            if owner is None and "\x00" not in campaign_id:
                 unknown.append(campaign_id)
         if unknown:
             query = select(campaigns.c.campaign_id, campaigns.c.organization_id).where(

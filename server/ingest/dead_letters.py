@@ -1,5 +1,10 @@
 """The dead-letter table: every rejected event, with its reason and payload,
-so bad input loses nothing and can be inspected."""
+so bad input loses nothing and can be inspected.
+
+A rejection can quote what the caller sent (a metadata key in its field, an
+undecodable event's own field, reason and payload), and PostgreSQL's text
+cannot hold a NUL character: a NUL is stored as the six characters ``\\u0000``
+instead, so that the event is kept rather than the request failing."""
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -29,13 +34,18 @@ class DeadLetters:
                 "dead_letter_id": UUID(bytes=uuid_utils.uuid7().bytes),
                 "received_at": now,
                 "event_index": rejection.index,
-                "field": rejection.field,
+                "field": _storable(rejection.field),
                 "code": rejection.code,
-                "reason": rejection.reason,
-                "payload": payload,
+                "reason": _storable(rejection.reason),
+                "payload": _storable(payload),
             }
             for rejection, payload in rejected
         ]
         async with self._engine.begin() as conn:
             await conn.execute(insert(dead_letters), rows)
         self.recorded += len(rows)
+
+
+def _storable(text: str) -> str:
+    """``text`` as PostgreSQL's text can hold it (NUL spelled out)."""
+    return text.replace("\x00", "\\u0000") if "\x00" in text else text

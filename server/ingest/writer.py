@@ -34,7 +34,9 @@ import psycopg
 import psycopg.errors
 
 from server.errors import InvalidArgument, ResourceExhausted, Unavailable
+from server.observability.metrics import ServerMetrics
 from server.store import events as event_store
+from server.store.database import unreachable_cause
 from server.store.events import EventRow
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class WriterStats:
     last_flush_events: int = 0
     last_flush_duration_ms: float = 0.0
     degraded_reason: str = ""
+    degraded_since: datetime | None = None
     commit_errors: int = 0
 
 
@@ -80,6 +83,7 @@ class BatchWriter:
         capacity: int = 100_000,
         max_flush_events: int = 20_000,
         connections: int = 2,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self._url = database_url
         self.flush_threshold = flush_threshold
@@ -97,6 +101,12 @@ class BatchWriter:
         self._worker: asyncio.Task[None] | None = None
         self._flushes: set[asyncio.Task[None]] = set()
         self.stats = WriterStats()
+        # Gauges are read when scraped, on another thread: plain reads only.
+        self._metrics = metrics = metrics or ServerMetrics()
+        metrics.buffered_events.set_function(lambda: self._pending_events)
+        metrics.events_in_flight.set_function(lambda: self._in_flight_events)
+        metrics.buffer_capacity.set(capacity)
+        metrics.writer_degraded.set_function(lambda: 1 if self.stats.degraded_reason else 0)
 
     # -- state ---------------------------------------------------------------
 
@@ -255,11 +265,15 @@ class BatchWriter:
                 # Two flushes met on the same rows; the transaction was rolled
                 # back, so writing the batch again is safe.
                 log.info("flush of %d events met another flush; writing it again", len(rows))
+                self.stats.commit_errors += 1
+                self._metrics.commit_errors.labels("conflict").inc()
+                self._metrics.commit_retries.inc()
             except (psycopg.Error, OSError) as exc:
                 if not _connection_fault(exc, self._conns.get(slot)):
                     await self._write_apart(slot, batch, exc)
                     return
                 await self._lost_connection(slot, exc)
+                self._metrics.commit_retries.inc()
                 await asyncio.sleep(backoff.next_delay())
 
         already = set(stored)
@@ -278,7 +292,10 @@ class BatchWriter:
         stats.flushes += 1
         stats.last_flush = datetime.now(UTC)
         stats.last_flush_events = len(rows)
-        stats.last_flush_duration_ms = (time.perf_counter() - started) * 1000
+        elapsed = time.perf_counter() - started
+        stats.last_flush_duration_ms = elapsed * 1000
+        self._metrics.flush_events.observe(len(rows))
+        self._metrics.flush_duration.observe(elapsed)
 
     async def _write_apart(self, slot: int, batch: list[_Submission], exc: BaseException) -> None:
         """PostgreSQL refused the batch for its content, not for a fault: each
@@ -289,6 +306,7 @@ class BatchWriter:
             return
         log.error("PostgreSQL refused %d events: %s", len(batch[0].rows), exc)
         self.stats.commit_errors += 1
+        self._metrics.commit_errors.labels("refused").inc()
         _fail(
             batch,
             InvalidArgument(
@@ -306,15 +324,24 @@ class BatchWriter:
             if self.stats.degraded_reason:
                 log.info("PostgreSQL reachable again; the writer recovered")
             self.stats.degraded_reason = ""
+            self.stats.degraded_since = None
         return conn
 
     async def _lost_connection(self, slot: int, exc: BaseException) -> None:
-        # The status says what kind of fault; the log has the whole message.
-        reason = f"cannot write to PostgreSQL ({type(exc).__name__}); retrying"
-        if reason != self.stats.degraded_reason:
+        # The status says since when and why, in short; the log has the whole message.
+        stats = self.stats
+        if stats.degraded_since is None:
+            stats.degraded_since = datetime.now(UTC)
+        since = stats.degraded_since.strftime("%Y-%m-%dT%H:%M:%SZ")
+        reason = (
+            f"PostgreSQL unreachable since {since}: {unreachable_cause(exc)}; "
+            "the writer keeps the events and retries"
+        )
+        if reason != stats.degraded_reason:
             log.warning("cannot write to PostgreSQL: %s; retrying", str(exc).strip())
-        self.stats.degraded_reason = reason
-        self.stats.commit_errors += 1
+        stats.degraded_reason = reason
+        stats.commit_errors += 1
+        self._metrics.commit_errors.labels("unreachable").inc()
         conn = self._conns.pop(slot, None)
         if conn is not None:
             with contextlib.suppress(Exception):

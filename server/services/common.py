@@ -1,15 +1,19 @@
-"""What every servicer shares: the caller's identity and error reporting."""
+"""What every servicer shares: the caller's identity, its key's rate limits,
+streams that end when their key is revoked, and error reporting."""
 
+import asyncio
 import functools
+import inspect
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar, cast
 
 import grpc
 
 from server import errors
 from server.auth import KeyStore
 from server.domain import Principal, Role
+from server.open_streams import KEY_REVOKED
 from server.store.database import DATABASE_UNREACHABLE
 
 log = logging.getLogger(__name__)
@@ -25,22 +29,54 @@ _CODES: dict[type[errors.ServiceError], grpc.StatusCode] = {
 }
 
 
-Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
+Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any] | AsyncIterator[Any]])
 
 
 def reports_errors(handler: Handler) -> Handler:
-    """Ends a call that raised with the status its error calls for (see ``abort``)."""
+    """Ends a call that raised with the status its error calls for (see
+    ``abort``), and a stream whose key was revoked with UNAUTHENTICATED.
+    Works on coroutine handlers and on async generators (server streams)."""
+    if inspect.isasyncgenfunction(handler):
+        return _reports_stream_errors(handler)  # type: ignore[return-value]
+
+    call = cast(Callable[..., Awaitable[Any]], handler)
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: Authenticated, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await handler(self, request, context)
+            return await call(self, request, context)
         except grpc.aio.AbortError:
             raise
+        except asyncio.CancelledError:
+            if not self._keys.streams.ended_by_revocation():
+                raise
+            await abort(context, errors.Unauthenticated(KEY_REVOKED), handler.__name__)
         except Exception as exc:
             await abort(context, exc, handler.__name__)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _reports_stream_errors(
+    handler: Callable[..., AsyncIterator[Any]],
+) -> Callable[..., AsyncIterator[Any]]:
+    @functools.wraps(handler)
+    async def wrapper(
+        self: Authenticated, request: Any, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        try:
+            async for response in handler(self, request, context):
+                yield response
+        except grpc.aio.AbortError:
+            raise
+        except asyncio.CancelledError:
+            if not self._keys.streams.ended_by_revocation():
+                raise
+            await abort(context, errors.Unauthenticated(KEY_REVOKED), handler.__name__)
+        except Exception as exc:
+            await abort(context, exc, handler.__name__)
+
+    return wrapper
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: Exception, call: str) -> None:
@@ -72,9 +108,17 @@ class Authenticated:
         self._keys = keys
 
     async def caller(
-        self, context: grpc.aio.ServicerContext, role: Role, *other_roles: Role
+        self,
+        context: grpc.aio.ServicerContext,
+        role: Role,
+        *other_roles: Role,
+        events: int = 0,
+        stream: bool = False,
     ) -> Principal:
-        """The caller, whose key must have ``role`` (or one of ``other_roles``)."""
+        """The caller, whose key must have ``role`` (or one of ``other_roles``)
+        and be within its rate limits: one call, and ``events`` events. A
+        ``stream`` is tracked under its key until it ends, so that revoking
+        the key ends it."""
         principal = await self._keys.authenticate(authorization(context))
         roles = (role, *other_roles)
         if not any(principal.may(r) for r in roles):
@@ -82,7 +126,18 @@ class Authenticated:
             raise errors.PermissionDenied(
                 f"the key's role ({principal.role}) does not allow this; it needs {needed}"
             )
+        limits = self._keys.limits
+        limits.calls.check(principal.key_id)
+        if events:
+            limits.events.check(principal.key_id, events)
+        if stream:
+            self._keys.streams.track(principal.key_id)
         return principal
+
+    async def stream_events(self, principal: Principal, events: int) -> None:
+        """Waits until a stream's next ``events`` are within the key's rate
+        limit: a stream is slowed down, not refused."""
+        await self._keys.limits.events.wait(principal.key_id, events)
 
 
 def authorization(context: grpc.aio.ServicerContext) -> str | None:

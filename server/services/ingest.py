@@ -1,7 +1,8 @@
 """IngestService: events in, each accepted, duplicate or rejected."""
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
@@ -9,8 +10,10 @@ from clients import pb
 from server import codec
 from server.auth import KeyStore
 from server.domain import Role
-from server.errors import InvalidArgument, NotFound, PermissionDenied
+from server.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from server.ingest.admission import Admission
 from server.ingest.pipeline import IngestPipeline, IngestResult
+from server.ingest.turns import Turns
 from server.ingest.validation import IncomingEvent
 from server.services.common import Authenticated, commit_budget, reports_errors
 
@@ -24,23 +27,42 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
     def __init__(self, keys: KeyStore, pipeline: IngestPipeline) -> None:
         super().__init__(keys)
         self._pipeline = pipeline
+        self._draining = asyncio.Event()
+
+    def drain(self) -> None:
+        """At shutdown: open streams stop reading at their next message,
+        commit what they read and end with UNAVAILABLE saying so; new streams
+        are refused. Unary calls in flight finish as usual."""
+        self._draining.set()
 
     @reports_errors
     async def IngestEvents(
         self, request: pb.IngestEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.IngestEventsResponse:
-        principal = await self.caller(context, Role.INGEST)
+        principal = await self.caller(
+            context,
+            Role.INGEST,
+            events=len(request.events)
+            + len(request.undecodable_events)
+            + request.HasField("event"),
+        )
         messages = list(request.events)
         single = request.HasField("event") and not messages and not request.undecodable_events
         if request.HasField("event"):
             messages.insert(0, request.event)
         undecodable = frozenset(u.index for u in request.undecodable_events)
-        result = await self._pipeline.ingest(
-            principal,
-            codec.decode_events(messages, undecodable=undecodable),
-            codec.decode_undecodable(request.undecodable_events),
-            timeout=commit_budget(context),
-        )
+        count = len(messages) + len(request.undecodable_events)
+        self._pipeline.check_batch_size(count)
+        # Room is held before decoding, the costly part: under overload the
+        # call is refused at once rather than queued (server.ingest.admission).
+        with self._pipeline.admit(count):
+            events = await _decode(self._pipeline.turns, messages, undecodable=undecodable)
+            result = await self._pipeline.ingest(
+                principal,
+                events,
+                codec.decode_undecodable(request.undecodable_events),
+                timeout=commit_budget(context),
+            )
         if single:
             _raise_if_rejected(result)
         return pb.IngestEventsResponse(
@@ -58,7 +80,7 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
     async def IngestCampaignEvent(
         self, request: pb.IngestCampaignEventRequest, context: grpc.aio.ServicerContext
     ) -> pb.IngestCampaignEventResponse:
-        principal = await self.caller(context, Role.INGEST)
+        principal = await self.caller(context, Role.INGEST, events=1)
         campaign_id = request.campaign_id
         owner = await self._pipeline.campaigns.owner(campaign_id) if campaign_id else None
         if owner is None:
@@ -74,9 +96,10 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
         event.campaign_id = campaign_id
         if not event.organization_id:
             event.organization_id = principal.organization_id
-        result = await self._pipeline.ingest(
-            principal, [codec.decode_event(event, 0)], timeout=commit_budget(context)
-        )
+        with self._pipeline.admit(1):
+            result = await self._pipeline.ingest(
+                principal, [codec.decode_event(event, 0)], timeout=commit_budget(context)
+            )
         _raise_if_rejected(result)
         return pb.IngestCampaignEventResponse(
             success=True,
@@ -98,7 +121,7 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
         request_iterator: AsyncIterator[pb.StreamEventsRequest],
         context: grpc.aio.ServicerContext,
     ) -> pb.StreamEventsResponse:
-        principal = await self.caller(context, Role.INGEST)
+        principal = await self.caller(context, Role.INGEST, stream=True)
         total = IngestResult()
         failures: list[BaseException] = []
         in_flight: set[asyncio.Task[None]] = set()
@@ -119,28 +142,57 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
             finally:
                 await window.release(len(events))
 
-        offset = batches = 0
-        try:
+        offset = batches = taken = 0
+        admission = self._pipeline.admission
+
+        async def read() -> None:
+            nonlocal offset, batches, taken
             async for message in request_iterator:
                 if failures:
                     break
                 batches += 1
                 if not message.events:
                     continue  # nothing to do; not worth failing the stream over
-                self._pipeline.check_batch_size(len(message.events))
-                events = codec.decode_events(message.events, offset)
-                offset += len(message.events)
-                await window.acquire(len(events))
+                count = len(message.events)
+                self._pipeline.check_batch_size(count)
+                await self.stream_events(principal, count)
+                # Room is taken before decoding (server.ingest.admission).
+                await window.acquire(count)
+                await admission.take(count)
+                try:
+                    events = await _decode(self._pipeline.turns, message.events, offset)
+                except BaseException:
+                    admission.release(count)
+                    raise
+                offset += count
                 task = asyncio.create_task(ingest(events))
+                # A callback, not a finally: it runs even if the task is
+                # cancelled before it starts.
+                task.add_done_callback(functools.partial(_release, admission, count))
                 in_flight.add(task)
                 task.add_done_callback(in_flight.discard)
+                taken = batches
+
+        if self._draining.is_set():
+            raise Unavailable(_DRAINING)
+        reader = asyncio.create_task(read())
+        try:
+            cut_short = await _read_unless_draining(reader, self._draining)
             if in_flight:
                 await asyncio.wait(in_flight)
         finally:
+            reader.cancel()
             for task in in_flight:
                 task.cancel()
         if failures:
             raise failures[0]
+        if cut_short:
+            raise Unavailable(
+                f"the server is shutting down: this stream's first {taken} messages were "
+                f"committed ({total.accepted} events accepted, {total.duplicates} already "
+                f"stored, {len(total.rejected)} rejected); send the rest again, or the whole "
+                "stream (events already stored count as duplicates)"
+            )
         total.rejected.sort(key=lambda r: r.index)
         return pb.StreamEventsResponse(
             success=total.stored > 0 or offset == 0,
@@ -152,6 +204,48 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
             timestamp=codec.now_timestamp(),
             batches=batches,
         )
+
+
+async def _decode(
+    turns: Turns,
+    messages: Sequence[pb.Event],
+    offset: int = 0,
+    undecodable: frozenset[int] = frozenset(),
+) -> list[IncomingEvent]:
+    """``codec.decode_events``, in turns (``server.ingest.turns``)."""
+    decoded: list[IncomingEvent] = []
+
+    def work(part: Sequence[pb.Event]) -> None:
+        start = decoded[-1].index + 1 if decoded else offset
+        decoded.extend(codec.decode_events(part, start, undecodable))
+
+    await turns.run(messages, work)
+    return decoded
+
+
+def _release(admission: Admission, count: int, _task: object) -> None:
+    admission.release(count)
+
+
+_DRAINING = "the server is shutting down; send the stream to another server, or again shortly"
+
+
+async def _read_unless_draining(reader: asyncio.Task[None], draining: asyncio.Event) -> bool:
+    """Waits for a stream's ``reader`` to read the whole stream, or for the
+    server to start draining: then the reader is stopped between two
+    messages. Returns whether the stream was cut short; raises what the
+    reader raised."""
+    drained = asyncio.create_task(draining.wait())
+    try:
+        await asyncio.wait({reader, drained}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        drained.cancel()
+    if reader.done():
+        reader.result()
+        return False
+    reader.cancel()
+    await asyncio.wait({reader})
+    return True
 
 
 class _EventWindow:

@@ -12,6 +12,7 @@ from server.ingest.pipeline import IngestPipeline
 from server.metrics.reader import MetricsReader
 from server.metrics.trends import TrendRange
 from server.metrics.window import Window
+from server.observability.condition import PipelineCondition
 from server.services.common import Authenticated, reports_errors, same_organization
 
 
@@ -22,11 +23,13 @@ class MetricsServicer(Authenticated, pb.MetricsServiceServicer):
         reader: MetricsReader,
         campaigns: CampaignDirectory,
         pipeline: IngestPipeline,
+        condition: PipelineCondition | None = None,
     ) -> None:
         super().__init__(keys)
         self._reader = reader
         self._campaigns = campaigns
         self._pipeline = pipeline
+        self._condition = condition or PipelineCondition(pipeline)
 
     async def _own_campaign(self, organization_id: str, campaign_id: str) -> bool:
         """Whether the campaign exists; refuses another organization's."""
@@ -72,6 +75,8 @@ class MetricsServicer(Authenticated, pb.MetricsServiceServicer):
                 flush_interval=writer.flush_interval,
                 capacity=writer.capacity,
                 events_rejected=self._pipeline.events_rejected,
+                condition=self._condition.current(),
+                events_refused=self._pipeline.refusals.events,
             ),
             time_window=window.seconds,
             timestamp=codec.timestamp(window.now),

@@ -61,7 +61,11 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
         campaign_ids = await self._followed(organization_id, list(request.campaign_ids))
         window = Window.ending_now(request.time_window)
         subscription = self._hub.create(
-            organization_id, campaign_ids, window.seconds, datetime.now(UTC)
+            organization_id,
+            campaign_ids,
+            window.seconds,
+            datetime.now(UTC),
+            key_id=principal.key_id,
         )
         return pb.CreateSubscriptionResponse(
             success=True,
@@ -96,6 +100,7 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
             timestamp=codec.now_timestamp(),
         )
 
+    @reports_errors
     async def StreamUpdates(
         self, request: pb.StreamUpdatesRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamUpdatesResponse]:
@@ -105,12 +110,13 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
             await abort(context, exc, "StreamUpdates")
             return
         subscription.readers += 1
+        self._keys.streams.ends_between_messages()
         try:
             if request.resume:
                 for update in await self._snapshots(subscription):
                     yield pb.StreamUpdatesResponse(update=codec.encode_update(update))
             while not subscription.closed:
-                with contextlib.suppress(TimeoutError):
+                with self._keys.streams.waiting(), contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(subscription.changed.wait(), self.heartbeat_interval)
                 if subscription.closed:
                     break
@@ -125,6 +131,11 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
                 await context.abort(
                     grpc.StatusCode.UNAVAILABLE,
                     "the server is shutting down; reconnect (with resume) to go on",
+                )
+            if subscription.closed_by_revocation:
+                await context.abort(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "the API key that created this subscription was revoked",
                 )
         finally:
             subscription.readers -= 1
@@ -152,7 +163,7 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
         )
 
     async def _subscription(
-        self, subscription_id: str, context: grpc.aio.ServicerContext
+        self, subscription_id: str, context: grpc.aio.ServicerContext, *, stream: bool = False
     ) -> Subscription:
         """The subscription a call names. Its id is a capability: a call that
         carries it needs no key (a browser's EventSource cannot send one); a
@@ -161,7 +172,7 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
             raise InvalidArgument("subscriptionId is required")
         if authorization(context) is None:
             return self._hub.find(subscription_id)
-        principal = await self.caller(context, Role.READ)
+        principal = await self.caller(context, Role.READ, stream=stream)
         return self._hub.get(subscription_id, principal.organization_id)
 
     async def _stream_subscription(
@@ -170,13 +181,18 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
         """The subscription to stream, and whether the stream owns it (an
         inline one, removed when the stream ends)."""
         if request.subscription_id:
-            return await self._subscription(request.subscription_id, context), False
-        principal = await self.caller(context, Role.READ)
+            return await self._subscription(request.subscription_id, context, stream=True), False
+        principal = await self.caller(context, Role.READ, stream=True)
         organization_id = same_organization(principal, request.organization_id)
         campaign_ids = await self._followed(organization_id, list(request.campaign_ids))
         window = Window.ending_now(request.time_window)
         subscription = self._hub.create(
-            organization_id, campaign_ids, window.seconds, datetime.now(UTC), listed=False
+            organization_id,
+            campaign_ids,
+            window.seconds,
+            datetime.now(UTC),
+            listed=False,
+            key_id=principal.key_id,
         )
         return subscription, True
 

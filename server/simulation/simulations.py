@@ -32,6 +32,7 @@ from server.errors import (
 )
 from server.ingest.pipeline import IngestPipeline
 from server.ingest.validation import IncomingEvent, now_us
+from server.observability.metrics import ServerMetrics
 from server.simulation.traffic import Rates, Traffic
 from server.store.database import DATABASE_UNREACHABLE
 
@@ -154,11 +155,13 @@ class Generated:
 class Simulations:
     """The simulations of this server process."""
 
-    def __init__(self, pipeline: IngestPipeline) -> None:
+    def __init__(self, pipeline: IngestPipeline, metrics: ServerMetrics | None = None) -> None:
         self._pipeline = pipeline
         self._running: dict[str, Simulation] = {}
         self._ended: dict[str, deque[Simulation]] = {}
         self._closed = False
+        self._metrics = metrics = metrics or ServerMetrics()
+        metrics.simulations_running.set_function(lambda: len(self._running))
 
     # -- checks --------------------------------------------------------------
 
@@ -271,6 +274,7 @@ class Simulations:
         self._ended.setdefault(simulation.organization_id, deque(maxlen=ENDED_KEPT)).append(
             simulation
         )
+        self._metrics.simulations_ended.labels(state.value).inc()
         log.info(
             "simulation %s %s: %d events sent, %d failed",
             simulation.id,

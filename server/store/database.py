@@ -28,6 +28,17 @@ DATABASE_UNREACHABLE = (
 _embedded_servers: list[Any] = []  # kept alive for the process's lifetime
 
 
+def unreachable_cause(exc: BaseException) -> str:
+    """Why PostgreSQL could not be reached, in short and without its address
+    ("Connection refused (OperationalError)"): for a status any key may read.
+    The log has the whole message."""
+    lines = str(exc).strip().splitlines()
+    # libpq says where it tried, then why: "connection to server at ... failed: <why>".
+    detail = lines[0].rsplit(": ", 1)[-1].strip() if lines else ""
+    name = type(exc).__name__
+    return f"{detail[:200]} ({name})" if detail else name
+
+
 def start_embedded(data_dir: Path, database: str = EMBEDDED_DATABASE) -> str:
     """Starts (or joins) the embedded PostgreSQL in ``data_dir``; returns its URL.
 

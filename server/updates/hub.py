@@ -16,6 +16,7 @@ from datetime import datetime
 
 from server.errors import NotFound, PermissionDenied
 from server.metrics.formulas import CampaignMetrics
+from server.observability.metrics import ServerMetrics
 
 
 @dataclass(slots=True)
@@ -41,6 +42,8 @@ class Subscription:
     readers: int = 0
     closed: bool = False
     closed_by_shutdown: bool = False
+    key_id: str = ""  # the API key that created it
+    closed_by_revocation: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def follows(self, campaign_id: str) -> bool:
@@ -66,12 +69,20 @@ class Subscription:
 
 
 class UpdateHub:
-    def __init__(self, max_queue_size: int = 100, idle_timeout: float = 1800.0) -> None:
+    def __init__(
+        self,
+        max_queue_size: int = 100,
+        idle_timeout: float = 1800.0,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
         self.max_queue_size = max_queue_size
         self.idle_timeout = idle_timeout
         self._subscriptions: dict[str, Subscription] = {}
         self._by_organization: dict[str, set[Subscription]] = {}
         self._sequence = 0
+        self._metrics = metrics = metrics or ServerMetrics()
+        metrics.subscriptions.set_function(self.subscription_count)
+        metrics.queued_updates.set_function(self.queued_updates)
 
     def create(
         self,
@@ -81,12 +92,14 @@ class UpdateHub:
         created_at: datetime,
         *,
         listed: bool = True,
+        key_id: str = "",
     ) -> Subscription:
         """A new subscription; ``listed=False`` makes one that only its
-        stream knows (it is not in the stats and cannot be polled)."""
+        stream knows (it is not in the stats and cannot be polled).
+        ``key_id`` names the key that creates it: revoking that key removes it."""
         ids = frozenset(campaign_ids) if campaign_ids else None
         subscription = Subscription(
-            secrets.token_urlsafe(24), organization_id, ids, time_window, created_at
+            secrets.token_urlsafe(24), organization_id, ids, time_window, created_at, key_id=key_id
         )
         if listed:
             self._subscriptions[subscription.id] = subscription
@@ -126,9 +139,31 @@ class UpdateHub:
                 subscription.closed_by_shutdown = True
                 self.remove(subscription)
 
+    def remove_created_with(self, key_id: str) -> int:
+        """Removes the subscriptions a revoked key created (their id would
+        otherwise go on reading without the key); returns how many."""
+        revoked = [
+            subscription
+            for subscriptions in self._by_organization.values()
+            for subscription in subscriptions
+            if subscription.key_id == key_id
+        ]
+        for subscription in revoked:
+            subscription.closed_by_revocation = True
+            self.remove(subscription)
+        return len(revoked)
+
     def next_sequence(self) -> int:
         self._sequence += 1
         return self._sequence
+
+    def followed_organizations(self) -> dict[str, set[int]]:
+        """Each organization somebody follows, with the windows followed."""
+        return {
+            organization_id: {s.time_window for s in subscriptions}
+            for organization_id, subscriptions in self._by_organization.items()
+            if subscriptions
+        }
 
     def windows(self, organization_id: str, campaign_id: str) -> set[int]:
         """The windows in which someone follows this campaign (empty: nobody)."""
@@ -139,9 +174,28 @@ class UpdateHub:
         }
 
     def publish(self, update: Update, time_window: int) -> None:
+        offered = 0
         for subscription in self._by_organization.get(update.organization_id, ()):
             if subscription.time_window == time_window and subscription.follows(update.campaign_id):
                 subscription.offer(update, self.max_queue_size)
+                offered += 1
+        if offered:
+            self._metrics.updates_published.inc(offered)
+
+    # Read by metrics scrapes on another thread: each copies what it walks
+    # first (one step under the GIL), since the event loop may change it.
+
+    def subscription_count(self) -> int:
+        """Subscriptions of every organization, stream-only ones included."""
+        return sum(len(group) for group in list(self._by_organization.values()))
+
+    def queued_updates(self) -> int:
+        """Updates waiting in the queues of every subscription."""
+        return sum(
+            len(subscription.queue)
+            for group in list(self._by_organization.values())
+            for subscription in list(group)
+        )
 
     def sweep(self) -> int:
         """Removes subscriptions nobody has read or polled for ``idle_timeout``."""

@@ -46,6 +46,7 @@ class UpdatePublisher:
         self._next_allowed: dict[Campaign, float] = {}
         self._wake = asyncio.Event()
         self.listening = asyncio.Event()
+        self._catching_up: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -59,9 +60,10 @@ class UpdatePublisher:
             await asyncio.wait_for(self.listening.wait(), 10)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._catching_up] if self._catching_up else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def mark(self, campaigns: Iterable[Campaign]) -> None:
         """Notes campaigns whose numbers changed."""
@@ -71,6 +73,7 @@ class UpdatePublisher:
 
     async def _listen(self) -> None:
         delay = 0.1
+        lost = False
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
@@ -79,6 +82,10 @@ class UpdatePublisher:
                     await conn.execute(f"LISTEN {UPDATES_CHANNEL}")
                     self.listening.set()
                     delay = 0.1
+                    if lost:
+                        # Commits made while nobody listened went unheard.
+                        self._catching_up = asyncio.create_task(self._catch_up())
+                    lost = True
                     async for note in conn.notifies():
                         self.mark(_parse(note.payload))
             except (psycopg.Error, OSError) as exc:
@@ -86,6 +93,21 @@ class UpdatePublisher:
                 log.warning("live updates paused, PostgreSQL unreachable: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
+
+    async def _catch_up(self) -> None:
+        """Marks every followed campaign that has numbers, so that its
+        subscribers get them fresh after LISTEN was lost for a while."""
+        try:
+            for organization_id, windows in self._hub.followed_organizations().items():
+                window = Window.ending_now(max(windows))
+                metrics = await self._reader.organization(organization_id, window)
+                self.mark(
+                    (organization_id, m.campaign_id)
+                    for m in metrics
+                    if self._hub.windows(organization_id, m.campaign_id)
+                )
+        except Exception:
+            log.exception("refreshing live updates after a lost connection failed")
 
     async def _publish(self) -> None:
         loop = asyncio.get_running_loop()

@@ -437,13 +437,23 @@ def test_parse_body_lets_nan_through_for_the_events_to_refuse() -> None:
         (b"", "empty"),
         (b"{", "not valid JSON"),
         (b"{'a': 1}", "not valid JSON"),
-        (b'{"a": "\xff"}', "not valid UTF-8"),
+        (b'{"a": "\xff"', "not valid UTF-8"),
+        (b"\xff\xfe{}", "not valid UTF-8"),
         (b"[" * 5000, "not valid JSON"),
     ],
 )
 def test_parse_body_refuses_what_is_not_json(body: bytes, message_part: str) -> None:
     with pytest.raises(codec.BodyError, match=message_part):
         codec.parse_body(body)
+
+
+def test_parse_body_leaves_bytes_that_are_not_utf8_for_their_event_to_refuse() -> None:
+    document = codec.parse_body(b'{"events": [{"campaignId": "\xff"}, {"campaignId": "c"}]}')
+
+    events, bad = codec.decode_events(document["events"])
+    assert [e.campaign_id for e in events] == ["c"]
+    assert [(u.index, u.field) for u in bad] == [(0, "campaignId")]
+    assert "not valid UTF-8" in bad[0].reason
 
 
 def test_campaign_from_json() -> None:

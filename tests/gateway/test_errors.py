@@ -123,10 +123,10 @@ def test_bad_grpc_timeout_header_is_400(client: httpx.Client) -> None:
         b"{'event': {}}",
         b"",
         b"   ",
-        b'{"event": {"campaignId": "caf\xe9"}}',
+        b'{"event": {"campaignId": "caf\xe9"',
         b"\xef\xbb\xbf{}",
     ],
-    ids=["truncated", "single-quotes", "empty", "blank", "latin-1", "bom"],
+    ids=["truncated", "single-quotes", "empty", "blank", "latin-1-truncated", "bom"],
 )
 def test_malformed_json_is_400(client: httpx.Client, body: bytes) -> None:
     response = client.post(
@@ -136,6 +136,39 @@ def test_malformed_json_is_400(client: httpx.Client, body: bytes) -> None:
     assert response.status_code == 400
     body_json = assert_error_body(response, grpc.StatusCode.INVALID_ARGUMENT)
     assert "body" in str(body_json["error"]).lower()
+
+
+def test_bytes_that_are_not_utf8_reject_only_their_event(
+    stack: "Stack", client: httpx.Client
+) -> None:
+    # Latin-1 "café" in a batch: that event is rejected (and kept), the other goes on.
+    response = client.post(
+        "/api/analytics/real-time",
+        content=b'{"events": [{"eventType": "click", "campaignId": "caf\xe9"},'
+        b' {"eventType": "view", "campaignId": "camp_123"}]}',
+        headers={"content-type": "application/json"},
+    )
+
+    assert response.status_code == 200, response.text
+    rejected = response.json()["rejected"]
+    assert [(r["index"], r["field"]) for r in rejected] == [(0, "campaignId")]
+    assert "not valid UTF-8" in rejected[0]["reason"]
+    sent = stack.analytics.last("IngestEvents").request
+    assert [e.campaign_id for e in sent.events] == ["camp_123"]
+    assert [(u.index, u.field) for u in sent.undecodable_events] == [(0, "campaignId")]
+    assert "\\udce9" in sent.undecodable_events[0].payload  # kept, escaped
+
+    # Alone, the event is refused with its reason, once kept.
+    lone = client.post(
+        "/api/analytics/real-time",
+        content=b'{"event": {"eventType": "click", "campaignId": "caf\xe9"}}',
+        headers={"content-type": "application/json"},
+    )
+    assert lone.status_code == 400
+    body = assert_error_body(lone, grpc.StatusCode.INVALID_ARGUMENT)
+    assert str(body["error"]).startswith("event rejected (campaignId): is not valid UTF-8")
+    kept = stack.analytics.last("IngestEvents").request.undecodable_events
+    assert [(u.index, u.field) for u in kept] == [(0, "campaignId")]
 
 
 def test_deeply_nested_json_is_400_not_500(stack: "Stack", client: httpx.Client) -> None:
@@ -233,6 +266,61 @@ def test_unknown_route_and_wrong_method(client: httpx.Client) -> None:
     assert_error_body(wrong, grpc.StatusCode.UNIMPLEMENTED)
 
 
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        ("/api/analytics/real-time", "GET, POST"),
+        ("/api/analytics/real-time/subscribe", "DELETE, POST"),
+        ("/api/campaigns/camp_123/analytics/real-time", "GET, POST"),
+        ("/api/campaigns", "GET, POST"),
+    ],
+)
+def test_wrong_method_names_every_method_of_the_path(
+    client: httpx.Client, path: str, allow: str
+) -> None:
+    # Each route takes one method; Allow must list those of all the path's routes.
+    for method in ("PUT", "OPTIONS"):
+        response = client.request(method, path)
+        assert response.status_code == 405
+        assert response.headers["allow"] == allow
+
+
+@pytest.mark.parametrize(
+    ("route", "payload", "field"),
+    [
+        (
+            "/api/analytics/real-time/subscribe",
+            {"organizationId": "o", "campaignIds": {}},
+            "campaignIds",
+        ),
+        (
+            "/api/analytics/real-time/subscribe",
+            {"organizationId": "o", "campaignIds": ""},
+            "campaignIds",
+        ),
+        (
+            "/api/analytics/real-time/subscribe",
+            {"organizationId": "o", "timeWindow": ""},
+            "timeWindow",
+        ),
+        (
+            "/api/analytics/real-time/simulate",
+            {"action": "stop", "organizationId": "o", "simulationId": 0},
+            "simulationId",
+        ),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_not_taken_for_none(
+    client: httpx.Client, route: str, payload: object, field: str
+) -> None:
+    # {} for campaignIds would follow every campaign; 0 for simulationId would stop them all.
+    response = client.post(route, json=payload)
+
+    assert response.status_code == 400
+    body = assert_error_body(response, grpc.StatusCode.INVALID_ARGUMENT)
+    assert body["details"][0]["fieldViolations"][0]["field"] == field
+
+
 def test_authorization_that_cannot_be_metadata_is_401(client: httpx.Client) -> None:
     response = client.get(
         "/api/campaigns/camp_123/analytics/real-time",
@@ -241,6 +329,21 @@ def test_authorization_that_cannot_be_metadata_is_401(client: httpx.Client) -> N
 
     assert response.status_code == 401
     assert_error_body(response, grpc.StatusCode.UNAUTHENTICATED)
+
+
+def test_authorization_too_long_to_forward_is_401(stack: "Stack", client: httpx.Client) -> None:
+    # Forwarded, it would break gRPC's metadata limit and come back as 429 "retry".
+    calls = len(stack.analytics.received)
+    response = client.get(
+        "/api/campaigns/camp_123/analytics/real-time",
+        headers={"authorization": "Bearer " + "k" * 20_000},
+    )
+
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    body = assert_error_body(response, grpc.StatusCode.UNAUTHENTICATED)
+    assert "a key is at most 1024" in str(body["error"])
+    assert len(stack.analytics.received) == calls  # never sent on
 
 
 def test_server_down_is_503(unreachable_client: httpx.Client) -> None:

@@ -6,6 +6,7 @@ isort:skip_file
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -16,6 +17,42 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _PipelineState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PipelineStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PipelineState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PIPELINE_STATE_UNSPECIFIED: _PipelineState.ValueType  # 0
+    PIPELINE_STATE_HEALTHY: _PipelineState.ValueType  # 1
+    """Events are taken and committed as usual."""
+    PIPELINE_STATE_DEGRADED: _PipelineState.ValueType  # 2
+    """PostgreSQL is unreachable (health answers NOT_SERVING; the writer keeps
+    the events and retries), or the buffer is full (ingest answers
+    RESOURCE_EXHAUSTED, health stays SERVING).
+    """
+    PIPELINE_STATE_STOPPING: _PipelineState.ValueType  # 3
+    """The server is stopping: health answers NOT_SERVING, calls in flight
+    finish and buffered events are committed.
+    """
+
+class PipelineState(_PipelineState, metaclass=_PipelineStateEnumTypeWrapper):
+    """How the ingest pipeline is doing."""
+
+PIPELINE_STATE_UNSPECIFIED: PipelineState.ValueType  # 0
+PIPELINE_STATE_HEALTHY: PipelineState.ValueType  # 1
+"""Events are taken and committed as usual."""
+PIPELINE_STATE_DEGRADED: PipelineState.ValueType  # 2
+"""PostgreSQL is unreachable (health answers NOT_SERVING; the writer keeps
+the events and retries), or the buffer is full (ingest answers
+RESOURCE_EXHAUSTED, health stays SERVING).
+"""
+PIPELINE_STATE_STOPPING: PipelineState.ValueType  # 3
+"""The server is stopping: health answers NOT_SERVING, calls in flight
+finish and buffered events are committed.
+"""
+Global___PipelineState: _TypeAlias = PipelineState  # noqa: Y015
 
 @_typing.final
 class RealTimeMetrics(_message.Message):
@@ -286,6 +323,11 @@ class PipelineStatus(_message.Message):
     FLUSHES_FIELD_NUMBER: _builtins.int
     LAST_FLUSH_EVENTS_FIELD_NUMBER: _builtins.int
     LAST_FLUSH_DURATION_MS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DEGRADED_SINCE_FIELD_NUMBER: _builtins.int
+    SERVING_FIELD_NUMBER: _builtins.int
+    COMMIT_ERRORS_FIELD_NUMBER: _builtins.int
+    EVENTS_REFUSED_FIELD_NUMBER: _builtins.int
     buffer_size: _builtins.int
     """Events waiting in the buffer for the next flush."""
     is_processing: _builtins.bool
@@ -297,18 +339,36 @@ class PipelineStatus(_message.Message):
     buffer_capacity: _builtins.int
     """Most events the buffer holds; beyond it ingest answers RESOURCE_EXHAUSTED."""
     degraded: _builtins.bool
-    """The writer cannot reach PostgreSQL and is retrying."""
+    """The state is not healthy: `degraded_reason` says why."""
     degraded_reason: _builtins.str
-    """Why the pipeline is degraded."""
+    """What stands in the way, since when: "PostgreSQL unreachable since
+    <time>: <error>", "buffer full ...", "the server is stopping ...".
+    """
     events_accepted: _builtins.int
     events_duplicate: _builtins.int
     events_rejected: _builtins.int
     flushes: _builtins.int
     last_flush_events: _builtins.int
     last_flush_duration_ms: _builtins.float
+    state: Global___PipelineState.ValueType
+    """healthy, degraded or stopping."""
+    serving: _builtins.bool
+    """What the gRPC health check answers: SERVING (true) unless PostgreSQL is
+    unreachable or the server is stopping (then `degraded_reason` says which).
+    """
+    commit_errors: _builtins.int
+    """Failed attempts to commit a flush: PostgreSQL unreachable (the writer
+    retries), flushes that met another (written again), batches it refused.
+    """
+    events_refused: _builtins.int
+    """Events refused because the buffer was full (RESOURCE_EXHAUSTED, HTTP 429)."""
     @_builtins.property
     def last_flush(self) -> _timestamp_pb2.Timestamp:
         """End of the last completed flush; unset before the first one."""
+
+    @_builtins.property
+    def degraded_since(self) -> _timestamp_pb2.Timestamp:
+        """Since when the pipeline is not healthy; unset while it is."""
 
     def __init__(
         self,
@@ -327,10 +387,15 @@ class PipelineStatus(_message.Message):
         flushes: _builtins.int = ...,
         last_flush_events: _builtins.int = ...,
         last_flush_duration_ms: _builtins.float = ...,
+        state: Global___PipelineState.ValueType = ...,
+        degraded_since: _timestamp_pb2.Timestamp | None = ...,
+        serving: _builtins.bool = ...,
+        commit_errors: _builtins.int = ...,
+        events_refused: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["last_flush", b"last_flush"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["degraded_since", b"degraded_since", "last_flush", b"last_flush"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_capacity", b"buffer_capacity", "buffer_size", b"buffer_size", "degraded", b"degraded", "degraded_reason", b"degraded_reason", "events_accepted", b"events_accepted", "events_duplicate", b"events_duplicate", "events_rejected", b"events_rejected", "flush_interval", b"flush_interval", "flush_threshold", b"flush_threshold", "flushes", b"flushes", "is_processing", b"is_processing", "last_flush", b"last_flush", "last_flush_duration_ms", b"last_flush_duration_ms", "last_flush_events", b"last_flush_events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buffer_capacity", b"buffer_capacity", "buffer_size", b"buffer_size", "commit_errors", b"commit_errors", "degraded", b"degraded", "degraded_reason", b"degraded_reason", "degraded_since", b"degraded_since", "events_accepted", b"events_accepted", "events_duplicate", b"events_duplicate", "events_refused", b"events_refused", "events_rejected", b"events_rejected", "flush_interval", b"flush_interval", "flush_threshold", b"flush_threshold", "flushes", b"flushes", "is_processing", b"is_processing", "last_flush", b"last_flush", "last_flush_duration_ms", b"last_flush_duration_ms", "last_flush_events", b"last_flush_events", "serving", b"serving", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
