@@ -94,6 +94,16 @@ class RetryPolicy:
 
 DEFAULT_RETRY = RetryPolicy()
 
+# gRPC's own refusal of a message over the size limit (RESOURCE_EXHAUSTED,
+# "Received message larger than max (N vs. M)", or "Sent ..." on this side).
+_TOO_LARGE = "message larger than max"
+
+
+def never_fits(error: ServiceError) -> bool:
+    """Whether ``error`` refused a message for its size: sending it again cannot help."""
+    return error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in error.details
+
+
 _rng = random.Random()
 
 
@@ -114,7 +124,7 @@ class _Attempts:
 
     def wait_before_retry(self, error: ServiceError) -> float | None:
         """Seconds to wait before retrying after ``error``, or None to give up."""
-        if error.code not in self.policy.retryable_codes:
+        if error.code not in self.policy.retryable_codes or never_fits(error):
             return None
         if self.count >= self.policy.max_attempts:
             return None

@@ -4,7 +4,7 @@ async, with automatic event ids making a resent batch count as duplicates."""
 import asyncio
 
 import pytest
-from support import ServerThread, Tenant
+from support import ServerThread, Tenant, make_tenant
 
 from clients import (
     AnalyticsClient,
@@ -12,6 +12,7 @@ from clients import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     make_event,
 )
 from server.domain import Role
@@ -95,3 +96,22 @@ def test_async_client(analytics_server: ServerThread, tenant: Tenant, other_tena
             assert status.success and not status.status.is_running
 
     asyncio.run(run())
+
+
+def test_a_message_over_the_size_limit_is_not_retried(database_url: str) -> None:
+    server = ServerThread(database_url, max_message_bytes=64 * 1024)
+    try:
+        tenant = make_tenant(server)
+        org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+        events = [make_event("impression", campaign, org, session_id="s" * 200) for _ in range(500)]
+        with AnalyticsClient(server.target, api_key=tenant.keys[Role.INGEST]) as client:
+            with pytest.raises(ResourceExhaustedError) as caught:
+                client.ingest(events)
+            assert caught.value.attempts == 1  # sending it again could not help
+            assert "larger than max" in caught.value.details
+            # Split, the same events go in.
+            assert (
+                sum(client.ingest(events[i : i + 100]).accepted for i in range(0, 500, 100)) == 500
+            )
+    finally:
+        server.stop()
