@@ -4,6 +4,8 @@ start-up and orderly shutdown."""
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 
 # The default largest gRPC message (``max_message_bytes``), for clients too.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+STEP_SECONDS = 2.0  # the longest a shutdown step may take, but for the grace
 HEALTH_INTERVAL = 1.0
 
 
@@ -193,32 +196,38 @@ class AnalyticsServer:
         for task in (self._monitor, self._pruner):
             if task is not None:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await _phase(f"ending {task.get_name()}", _ended(task), STEP_SECONDS)
         if self.components is not None:
             self.components.condition.stopping()
             self.metrics.serving.set(0)
         await self._health.enter_graceful_shutdown()
         if self.components is not None:
             # Simulations commit their batch in flight and end.
-            await self.components.simulations.close(timeout=min(5.0, grace))
+            close_simulations = self.components.simulations.close(timeout=min(5.0, grace))
+            await _phase("stopping simulations", close_simulations, min(5.0, grace) + 1)
             # Update streams end now, cleanly, rather than at the grace's end.
-            await self.components.publisher.stop()
+            await _phase("stopping live updates", self.components.publisher.stop(), STEP_SECONDS)
             if self._revocations is not None:
-                await self._revocations.stop()
+                await _phase("stopping revocations", self._revocations.stop(), STEP_SECONDS)
             self.components.hub.close_all()
         if self._server is not None:
             # Streams end at their next message, committing what they read,
             # rather than at the grace's end with nothing said.
             if self._ingest is not None:
                 self._ingest.drain()
-            await self._server.stop(grace)
+            await _phase("ending calls", self._server.stop(grace), grace + STEP_SECONDS)
         drained = True
         if self.components is not None:
             remaining = max(0.1, deadline - loop.time())
-            drained = await self.components.writer.shutdown(remaining)
-            await self.components.engine.dispose()
-        await self._metrics_endpoint.stop()
+            try:
+                drained = await asyncio.wait_for(
+                    self.components.writer.shutdown(remaining), remaining + STEP_SECONDS
+                )
+            except TimeoutError:
+                log.warning("shutdown: committing buffered events did not finish in time")
+                drained = False
+            await _phase("closing database connections", self.components.engine.dispose(), 2)
+        await _phase("stopping /metrics", self._metrics_endpoint.stop(), STEP_SECONDS)
         return drained
 
     async def wait_for_termination(self) -> None:
@@ -252,3 +261,22 @@ class AnalyticsServer:
         )
         for name in ("", *pb.SERVICE_NAMES):
             await self._health.set(name, status)
+
+
+async def _ended(task: "asyncio.Task[None]") -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _phase(name: str, step: Awaitable[object], seconds: float) -> None:
+    """Awaits one step of the shutdown, for at most ``seconds``: a step that
+    hangs is logged and left behind, so the process still exits."""
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        log.warning("shutdown: %s did not finish within %.1f s; going on", name, seconds)
+        return
+    took = time.monotonic() - started
+    if took > 1:
+        log.info("shutdown: %s took %.1f s", name, took)
