@@ -9,7 +9,7 @@ import grpc
 from clients import pb
 from server import codec
 from server.auth import KeyStore
-from server.domain import Role
+from server.domain import Rejection, Role
 from server.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from server.ingest.admission import Admission
 from server.ingest.pipeline import IngestPipeline, IngestResult
@@ -127,12 +127,18 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
         in_flight: set[asyncio.Task[None]] = set()
         window = _EventWindow(STREAM_EVENTS_IN_FLIGHT)
 
-        async def ingest(events: list[IncomingEvent]) -> None:
+        async def ingest(
+            events: list[IncomingEvent], undecodable: list[tuple[Rejection, str]]
+        ) -> None:
             try:
                 # A stream waits for room in a full buffer instead of failing:
                 # while it waits it reads no further, which slows the sender.
                 result = await self._pipeline.ingest(
-                    principal, events, timeout=commit_budget(context), wait_for_room=True
+                    principal,
+                    events,
+                    undecodable,
+                    timeout=commit_budget(context),
+                    wait_for_room=True,
                 )
                 total.accepted += result.accepted
                 total.duplicates += result.duplicates
@@ -151,21 +157,24 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
                 if failures:
                     break
                 batches += 1
-                if not message.events:
+                set_apart = message.undecodable_events
+                if not message.events and not set_apart:
                     continue  # nothing to do; not worth failing the stream over
-                count = len(message.events)
+                count = len(message.events) + len(set_apart)
                 self._pipeline.check_batch_size(count)
                 await self.stream_events(principal, count)
                 # Room is taken before decoding (server.ingest.admission).
                 await window.acquire(count)
                 await admission.take(count)
                 try:
-                    events = await _decode(self._pipeline.turns, message.events, offset)
+                    skipped = frozenset(offset + u.index for u in set_apart)
+                    events = await _decode(self._pipeline.turns, message.events, offset, skipped)
                 except BaseException:
                     admission.release(count)
                     raise
+                undecodable = codec.decode_undecodable(set_apart, offset)
                 offset += count
-                task = asyncio.create_task(ingest(events))
+                task = asyncio.create_task(ingest(events, undecodable))
                 # A callback, not a finally: it runs even if the task is
                 # cancelled before it starts.
                 task.add_done_callback(functools.partial(_release, admission, count))

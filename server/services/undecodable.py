@@ -6,12 +6,13 @@ decodes the requests of the analytics services instead:
 
 - a request that cannot be read is refused with INVALID_ARGUMENT, saying
   which message it should have been and what to check;
-- in an ``IngestEventsRequest`` that is readable but for some of its events
-  (corrupt bytes, or text that is not UTF-8), those events are set apart as
-  undecodable events at their index, as a front end sets apart the JSON
-  events it cannot decode: each is rejected and dead-lettered on its own
-  (with its bytes, base64) and the rest of the batch goes through. A lone
-  event that cannot be read is refused with INVALID_ARGUMENT, once kept.
+- in an ``IngestEventsRequest`` or a ``StreamEventsRequest`` (a message of a
+  stream) that is readable but for some of its events (corrupt bytes, or
+  text that is not UTF-8), those events are set apart as undecodable events
+  at their index, as a front end sets apart the JSON events it cannot
+  decode: each is rejected and dead-lettered on its own (with its bytes,
+  base64) and the rest of the batch goes through. A lone event that cannot
+  be read is refused with INVALID_ARGUMENT, once kept.
 """
 
 import base64
@@ -32,10 +33,34 @@ __all__ = ["PAYLOAD_PREFIX", "UndecodableRequests"]
 # The dead-letter payload of an event that could not be decoded from protobuf.
 PAYLOAD_PREFIX = "protobuf-base64:"
 
-_EVENT_FIELD = pb.IngestEventsRequest.DESCRIPTOR.fields_by_name["event"].number
-_EVENTS_FIELD = pb.IngestEventsRequest.DESCRIPTOR.fields_by_name["events"].number
-_UNDECODABLE_FIELD = pb.IngestEventsRequest.DESCRIPTOR.fields_by_name["undecodable_events"].number
 _LENGTH_DELIMITED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Where a request type keeps its events: field numbers of the lone
+    event (0: none), of the events, and of the undecodable events."""
+
+    event: int
+    events: int
+    undecodable: int
+
+    @classmethod
+    def of(cls, message_type: type[Message]) -> "_Batch":
+        fields = message_type.DESCRIPTOR.fields_by_name
+        lone = fields.get("event")
+        return cls(
+            lone.number if lone is not None else 0,
+            fields["events"].number,
+            fields["undecodable_events"].number,
+        )
+
+
+# The requests whose events are set apart one by one when they cannot be read.
+_BATCHES: dict[type[Message], _Batch] = {
+    pb.IngestEventsRequest: _Batch.of(pb.IngestEventsRequest),
+    pb.StreamEventsRequest: _Batch.of(pb.StreamEventsRequest),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +74,7 @@ class _Unreadable:
 class _Salvaged:
     """An ingest request whose unreadable events were set apart."""
 
-    request: pb.IngestEventsRequest
+    request: Any  # pb.IngestEventsRequest or pb.StreamEventsRequest
     # Why its one event could not be read, when it carried one event alone.
     lone_event_reason: str = ""
 
@@ -105,8 +130,9 @@ def _decoder(message_type: type[Message]) -> Callable[[bytes], Any]:
             return message_type.FromString(data)
         except DecodeError:
             pass
-        if message_type is pb.IngestEventsRequest:
-            salvaged = _salvage_batch(data)
+        batch = _BATCHES.get(message_type)
+        if batch is not None:
+            salvaged = _salvage_batch(data, message_type, batch)
             if salvaged is not None:
                 return salvaged
         return _Unreadable(
@@ -152,20 +178,21 @@ def _stream_unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awai
 
 
 async def _readable(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """The stream's messages; an unreadable one ends the call with
-    INVALID_ARGUMENT (raised inside the servicer, which reports it)."""
+    """The stream's messages, with their unreadable events set apart; an
+    unreadable message ends the call with INVALID_ARGUMENT (raised inside
+    the servicer, which reports it)."""
     number = 0
     async for request in requests:
         number += 1
         if isinstance(request, _Unreadable):
             raise InvalidArgument(f"stream message {number}: {request.reason}")
-        yield request
+        yield request.request if isinstance(request, _Salvaged) else request
 
 
 # -- events apart from their batch ---------------------------------------------
 
 
-def _salvage_batch(data: bytes) -> _Salvaged | None:
+def _salvage_batch(data: bytes, message_type: type[Message], batch: _Batch) -> _Salvaged | None:
     """The batch with each event that cannot be decoded set apart as an
     undecodable event; None when the request itself cannot be read."""
     try:
@@ -173,15 +200,16 @@ def _salvage_batch(data: bytes) -> _Salvaged | None:
     except ValueError:
         return None
     numbers = [number for number, wire_type, *_ in fields]
-    if _UNDECODABLE_FIELD in numbers:
+    if batch.undecodable in numbers:
         return None  # already numbered by a front end: not ours to renumber
-    request = pb.IngestEventsRequest()
-    position = 1 if _EVENT_FIELD in numbers else 0  # the lone event comes first
+    request: Any = message_type()
+    lone = batch.event and batch.event in numbers
+    position = 1 if lone else 0  # the lone event comes first
     lone_reason = ""
     for number, wire_type, start, value_start, end in fields:
-        if number in (_EVENT_FIELD, _EVENTS_FIELD) and wire_type == _LENGTH_DELIMITED:
-            index = 0 if number == _EVENT_FIELD else position
-            position += number == _EVENTS_FIELD
+        if number in (batch.event, batch.events) and wire_type == _LENGTH_DELIMITED:
+            index = 0 if number == batch.event else position
+            position += number == batch.events
             chunk = data[value_start:end]
             try:
                 event = pb.Event.FromString(chunk)
@@ -196,10 +224,10 @@ def _salvage_batch(data: bytes) -> _Salvaged | None:
                         payload=PAYLOAD_PREFIX + base64.b64encode(chunk).decode("ascii"),
                     )
                 )
-                if number == _EVENT_FIELD:
+                if number == batch.event:
                     lone_reason = reason
                 continue
-            if number == _EVENT_FIELD:
+            if number == batch.event:
                 request.event.MergeFrom(event)
             else:
                 request.events.append(event)

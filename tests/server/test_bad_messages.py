@@ -137,6 +137,51 @@ def test_an_event_that_cannot_be_decoded_is_rejected_alone_and_kept(
     assert (figures.counted, figures.dead_lettered, figures.lost) == (3, 3, 0)
 
 
+def test_an_event_that_cannot_be_decoded_in_a_stream_is_rejected_alone_and_kept(
+    channel: grpc.Channel, tenant: Tenant, database_url: str
+) -> None:
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+    figures = Figures("grpc: undecodable events in a stream message")
+    good = [event("impression", campaign, org) for _ in range(4)]
+    not_utf8 = event("click", "XXXX", org).SerializeToString().replace(b"XXXX", b"caf\xe9")
+
+    def message(*chunks: bytes) -> bytes:  # StreamEventsRequest.events is field 1
+        return b"".join(b"\x0a" + bytes([len(chunk)]) + chunk for chunk in chunks)
+
+    stream = channel.stream_unary(
+        "/analytics.v1.IngestService/StreamEvents",
+        request_serializer=None,
+        response_deserializer=pb.StreamEventsResponse.FromString,
+    )
+    reply = stream(
+        iter(
+            [
+                message(good[0].SerializeToString(), good[1].SerializeToString()),
+                message(good[2].SerializeToString(), not_utf8, b"\x08\xff"),
+                message(good[3].SerializeToString()),
+            ]
+        ),
+        metadata=tenant.auth(Role.INGEST),
+        timeout=30,
+    )
+    figures.trials, figures.sent = 1, 6
+    figures.add_reply(reply.accepted, reply.duplicates, len(reply.rejected))
+    assert (reply.accepted, reply.batches) == (4, 3)
+    # Indexes count events across the whole stream.
+    assert [(r.index, r.field, r.code) for r in reply.rejected] == [
+        (3, "campaignId", "undecodable"),
+        (4, "", "undecodable"),
+    ]
+    stored = dead_letters(database_url, org)
+    assert [(i, f, c) for i, f, c, _ in stored] == [
+        (3, "campaignId", "undecodable"),
+        (4, "", "undecodable"),
+    ]
+    figures.count_stored(database_url, [org])
+    figures.report()
+    assert (figures.counted, figures.dead_lettered, figures.lost) == (4, 2, 0)
+
+
 def test_a_message_over_the_size_limit_is_resource_exhausted(
     channel: grpc.Channel, tenant: Tenant
 ) -> None:

@@ -172,16 +172,26 @@ class StreamEventsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
+    UNDECODABLE_EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.Event]: ...
+    @_builtins.property
+    def undecodable_events(self) -> _containers.RepeatedCompositeFieldContainer[_event_pb2.UndecodableEvent]:
+        """Events of this message that could not be decoded (set by a front end,
+        or by the server for corrupt bytes): each is rejected with the code
+        `undecodable` and dead-lettered; `index` is its position in this
+        message, counting `events` and these together.
+        """
+
     def __init__(
         self,
         *,
         events: _abc.Iterable[_event_pb2.Event] | None = ...,
+        undecodable_events: _abc.Iterable[_event_pb2.UndecodableEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "undecodable_events", b"undecodable_events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
