@@ -38,6 +38,7 @@ STEADY_IN_FLIGHT = 32  # calls: 32,000 events, within CAPACITY
 OFFERED_EVENTS_PER_SECOND = 200_000
 OVERLOAD_SECONDS = 6.0
 PROBES = 40
+PROBES_AT_ONCE = 4
 # What the server may grow by under overload: the events it holds (a few KiB
 # each, decoded) and gRPC's buffers, well below what queueing every offered
 # call would take (the overload offers ~100,000 events a second).
@@ -81,10 +82,9 @@ class Watch:
         self.requests = self.requests[PROBES // 2 :]
         self.done = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=target, daemon=True)
-            for target in (self._sample, self._probe_grpc, self._probe_rest)
-        ]
+        # REST probes from a few threads at once, as the gRPC ones are sent.
+        targets = (self._sample, self._probe_grpc, *[self._probe_rest] * PROBES_AT_ONCE)
+        self._threads = [threading.Thread(target=target, daemon=True) for target in targets]
 
     def __enter__(self) -> "Watch":
         for thread in self._threads:
@@ -106,23 +106,34 @@ class Watch:
             ingest = pb.IngestServiceStub(channel)
             self.done.wait(1.0)  # let the overload build up
             while not self.done.is_set() and self.grpc_refusal is None and self.requests:
-                try:
-                    reply = ingest.IngestEvents(self.requests.pop(), metadata=metadata, timeout=10)
-                    with self._lock:
-                        self.acknowledged += reply.accepted
-                except grpc.RpcError as exc:
-                    assert exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, exc
-                    trailers = {k: str(v) for k, v in exc.trailing_metadata() or ()}
-                    self.grpc_refusal = (exc.details() or "", trailers)
+                # A few at once, as the load's calls come: each is taken in
+                # or refused as theirs are.
+                calls = [
+                    ingest.IngestEvents.future(self.requests.pop(), metadata=metadata, timeout=10)
+                    for _ in range(min(PROBES_AT_ONCE, len(self.requests)))
+                ]
+                for call in calls:
+                    try:
+                        reply = call.result()
+                        with self._lock:
+                            self.acknowledged += reply.accepted
+                    except grpc.RpcError as exc:
+                        assert exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                        trailers = {k: str(v) for k, v in exc.trailing_metadata() or ()}
+                        self.grpc_refusal = self.grpc_refusal or (exc.details() or "", trailers)
 
     def _probe_rest(self) -> None:
         headers = {"authorization": f"Bearer {self.tenant.key}"}
         with httpx.Client(base_url=self.gateway_url, headers=headers, timeout=10) as http:
             self.done.wait(1.0)
-            while not self.done.is_set() and self.rest_refusal is None and self.bodies:
+            while not self.done.is_set() and self.rest_refusal is None:
+                try:
+                    body = self.bodies.pop()
+                except IndexError:
+                    return
                 response = http.post(
                     "/api/analytics/real-time",
-                    content=self.bodies.pop(),
+                    content=body,
                     headers={"content-type": "application/json"},
                 )
                 if response.status_code == 429:
