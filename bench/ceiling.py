@@ -38,7 +38,14 @@ from server.store import events as event_store
 from server.store.database import libpq_url
 
 SCHEMA = "bench_ceiling"
-TABLES = ("events", "campaign_rollups", "campaign_analytics", "campaign_sessions")
+TABLES = (
+    "events",
+    "campaign_rollups",
+    "campaign_rollups_minute",
+    "campaign_rollups_hour",
+    "campaign_analytics",
+    "campaign_sessions",
+)
 _STAGED = event_store.STAGING_COLUMNS
 # Like the service's statement, received_at is the commit's time when the
 # writer does not stage it.
