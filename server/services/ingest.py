@@ -87,6 +87,12 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
             raise NotFound("Campaign not found")
         if owner != principal.organization_id:
             raise PermissionDenied(f"campaign {campaign_id!r} belongs to another organization")
+        if request.HasField("undecodable_event"):
+            # Kept with its reason, as every rejected event, then refused.
+            undecodable = codec.decode_undecodable([request.undecodable_event])
+            with self._pipeline.admit(1):
+                await self._pipeline.ingest(principal, [], undecodable)
+            raise InvalidArgument(f"event rejected: {request.undecodable_event.reason}")
         event = pb.Event()
         event.CopyFrom(request.event)
         if event.campaign_id and event.campaign_id != campaign_id:

@@ -12,7 +12,8 @@ decodes the requests of the analytics services instead:
   at their index, as a front end sets apart the JSON events it cannot
   decode: each is rejected and dead-lettered on its own (with its bytes,
   base64) and the rest of the batch goes through. A lone event that cannot
-  be read is refused with INVALID_ARGUMENT, once kept.
+  be read is refused with INVALID_ARGUMENT, once kept; so is the event of an
+  ``IngestCampaignEventRequest`` that cannot be read.
 """
 
 import base64
@@ -135,6 +136,10 @@ def _decoder(message_type: type[Message]) -> Callable[[bytes], Any]:
             salvaged = _salvage_batch(data, message_type, batch)
             if salvaged is not None:
                 return salvaged
+        if message_type is pb.IngestCampaignEventRequest:
+            lone = _salvage_campaign_event(data)
+            if lone is not None:
+                return lone
         return _Unreadable(
             f"the request is not a valid {name} message: its bytes are corrupt or hold text "
             "that is not UTF-8; send it as encoded by the generated code for the proto"
@@ -241,6 +246,40 @@ def _salvage_batch(data: bytes, message_type: type[Message], batch: _Batch) -> _
     if request.events:
         lone_reason = ""
     return _Salvaged(request, lone_reason)
+
+
+def _salvage_campaign_event(data: bytes) -> pb.IngestCampaignEventRequest | None:
+    """The request with its event set apart as undecodable, when the event is
+    what cannot be decoded; None when something else is broken."""
+    try:
+        fields = list(_wire_fields(data))
+    except ValueError:
+        return None
+    event_field = pb.IngestCampaignEventRequest.DESCRIPTOR.fields_by_name["event"].number
+    request = pb.IngestCampaignEventRequest()
+    undecodable = None
+    for number, wire_type, start, value_start, end in fields:
+        chunk = data[value_start:end]
+        if number == event_field and wire_type == _LENGTH_DELIMITED:
+            try:
+                pb.Event.FromString(chunk)
+            except DecodeError:
+                field = _broken_field(chunk)
+                undecodable = pb.UndecodableEvent(
+                    index=0,
+                    field=field,
+                    reason=_event_reason(field),
+                    payload=PAYLOAD_PREFIX + base64.b64encode(chunk).decode("ascii"),
+                )
+                continue
+        try:
+            request.MergeFromString(data[start:end])
+        except DecodeError:
+            return None
+    if undecodable is None:
+        return None
+    request.undecodable_event.CopyFrom(undecodable)
+    return request
 
 
 def _event_reason(field: str) -> str:

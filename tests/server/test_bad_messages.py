@@ -182,6 +182,35 @@ def test_an_event_that_cannot_be_decoded_in_a_stream_is_rejected_alone_and_kept(
     assert (figures.counted, figures.dead_lettered, figures.lost) == (4, 2, 0)
 
 
+def test_a_campaign_event_that_cannot_be_decoded_is_refused_and_kept(
+    channel: grpc.Channel, tenant: Tenant, database_url: str
+) -> None:
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+    not_utf8 = event("click", "XXXX", org).SerializeToString().replace(b"XXXX", b"caf\xe9")
+    campaign_id = campaign.encode()
+    # IngestCampaignEventRequest: campaign_id (1), then the broken event (2).
+    request = (
+        b"\x0a"
+        + bytes([len(campaign_id)])
+        + campaign_id
+        + b"\x12"
+        + bytes([len(not_utf8)])
+        + not_utf8
+    )
+    call = channel.unary_unary(
+        "/analytics.v1.IngestService/IngestCampaignEvent",
+        request_serializer=None,
+        response_deserializer=pb.IngestCampaignEventResponse.FromString,
+    )
+    with pytest.raises(grpc.RpcError) as raised:
+        call(request, metadata=tenant.auth(Role.INGEST), timeout=30)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details().startswith("event rejected: the event cannot be decoded")
+    stored = dead_letters(database_url, org)
+    assert [(i, f, c) for i, f, c, _ in stored] == [(0, "campaignId", "undecodable")]
+    assert stored[0][3].startswith(PAYLOAD_PREFIX)
+
+
 def test_a_message_over_the_size_limit_is_resource_exhausted(
     channel: grpc.Channel, tenant: Tenant
 ) -> None:

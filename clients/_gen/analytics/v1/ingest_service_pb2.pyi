@@ -111,18 +111,27 @@ class IngestCampaignEventRequest(_message.Message):
 
     CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
     EVENT_FIELD_NUMBER: _builtins.int
+    UNDECODABLE_EVENT_FIELD_NUMBER: _builtins.int
     campaign_id: _builtins.str
     @_builtins.property
     def event(self) -> _event_pb2.Event: ...
+    @_builtins.property
+    def undecodable_event(self) -> _event_pb2.UndecodableEvent:
+        """Set instead of `event` when the event could not be decoded (by a front
+        end, or by the server for corrupt bytes): it is rejected with the code
+        `undecodable`, dead-lettered, and the call answers INVALID_ARGUMENT.
+        """
+
     def __init__(
         self,
         *,
         campaign_id: _builtins.str = ...,
         event: _event_pb2.Event | None = ...,
+        undecodable_event: _event_pb2.UndecodableEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "undecodable_event", b"undecodable_event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "event", b"event", "undecodable_event", b"undecodable_event"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
