@@ -2,12 +2,18 @@
 keys and campaigns."""
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
+
+import httpx
 
 from clients import pb
 from server import admin
@@ -165,3 +171,45 @@ class GatewayThread:
         self._server.should_exit = True
         self._thread.join(10)
         self._socket.close()
+
+
+def free_port() -> int:
+    """A port of 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class GatewayProcess:
+    """The gateway as its own process on a fixed port, so that it can be
+    stopped and started again (a browser then reconnects to the same place)."""
+
+    def __init__(self, grpc_target: str, port: int | None = None) -> None:
+        self.grpc_target, self.port = grpc_target, port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "gateway", "--grpc-target", self.grpc_target),
+                *("--host", "127.0.0.1", "--port", str(self.port)),
+            ],
+            env={**os.environ, "GRPC_VERBOSITY": "ERROR"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(300):
+            try:
+                httpx.get(self.url + "/openapi.json", timeout=1)
+                return
+            except httpx.TransportError:
+                assert self.process.poll() is None, "the gateway exited"
+                threading.Event().wait(0.05)
+        raise AssertionError("the gateway did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=20)
+            self.process = None

@@ -3,11 +3,7 @@ EventSource: it shows an ingested event's numbers, and when the gateway
 restarts it reconnects by itself with Last-Event-ID and goes on."""
 
 import http.server
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import sync_playwright
-from support import ServerThread, Tenant, event
+from support import GatewayProcess, ServerThread, Tenant, event
 from tests_live import ingest
 
 from server.domain import Role
@@ -39,51 +35,6 @@ source.onmessage = (message) => {
     String(frame.data.data.metrics.impressions);
 };
 </script>"""
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Gateway:
-    """The gateway as its own process, so that it can be stopped and started."""
-
-    def __init__(self, grpc_target: str, port: int) -> None:
-        self.grpc_target, self.port = grpc_target, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "--grpc-target",
-                self.grpc_target,
-                "--port",
-                str(self.port),
-            ],
-            env={**os.environ, "GRPC_VERBOSITY": "ERROR"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(300):
-            try:
-                httpx.get(self.url + "/openapi.json", timeout=1)
-                return
-            except httpx.TransportError:
-                assert self.process.poll() is None, "the gateway exited"
-                threading.Event().wait(0.05)
-        raise AssertionError("the gateway did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-            self.process = None
 
 
 @pytest.fixture
@@ -119,7 +70,7 @@ def test_a_browser_follows_updates_across_a_gateway_restart(
     if not Path(CHROMIUM).exists():
         pytest.fail("Debian's chromium is needed: apt-get install chromium (scripts/test does)")
     org, campaign = tenant.organization_id, tenant.campaign_ids[0]
-    gateway = Gateway(analytics_server.target, free_port())
+    gateway = GatewayProcess(analytics_server.target)
     gateway.start()
     try:
         subscription = httpx.post(

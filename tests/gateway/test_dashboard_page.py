@@ -6,12 +6,7 @@ refuses a wrong key or another organization's key, fits a phone's screen, and
 recovers its live updates after the gateway restarts. Screenshots go to
 ``test-artifacts/``."""
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,7 +17,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Error, Page, sync_playwright
-from support import GatewayThread, ServerThread, Tenant, event
+from support import GatewayProcess, GatewayThread, ServerThread, Tenant, event
 from tests_live import ingest
 
 from server.domain import Role
@@ -433,46 +428,6 @@ def test_the_page_fits_a_phone_screen(
     screenshot(page, "phone-campaign")
     assert console.problems == []
     page.context.close()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class GatewayProcess:
-    """The gateway as its own process on a fixed port, so it can restart."""
-
-    def __init__(self, grpc_target: str) -> None:
-        self.grpc_target, self.port = grpc_target, free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "gateway", "--grpc-target", self.grpc_target),
-                *("--host", "127.0.0.1", "--port", str(self.port)),
-            ],
-            env={**os.environ, "GRPC_VERBOSITY": "ERROR"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(300):
-            try:
-                httpx.get(self.url + "/openapi.json", timeout=1)
-                return
-            except httpx.TransportError:
-                assert self.process.poll() is None, "the gateway exited"
-                threading.Event().wait(0.05)
-        raise AssertionError("the gateway did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
-            self.process = None
 
 
 def test_live_updates_recover_after_the_gateway_restarts(
