@@ -137,6 +137,31 @@ class Channel:
     connections: set[Connection] = field(default_factory=set)
     latest: dict[str, bytes] = field(default_factory=dict)  # campaign id -> its last frame
     upstream: asyncio.Task[None] | None = None
+    pending: list[bytes] = field(default_factory=list)  # frames not yet sent
+    sender: asyncio.Task[None] | None = None
+
+    def publish(self, data: bytes) -> None:
+        """Sends ``data`` to every connection soon, with the frames that come
+        meanwhile: under load (thousands of connections), a write to each
+        connection carries every frame that arrived while the last round of
+        writes went on, so the gateway keeps up instead of falling behind."""
+        self.pending.append(data)
+        if self.sender is None or self.sender.done():
+            self.sender = asyncio.create_task(self._send())
+
+    async def _send(self) -> None:
+        # Let the upstream stream take in what has arrived before writing.
+        await asyncio.sleep(0)
+        while self.pending:
+            self.flush()
+            await asyncio.sleep(0)
+
+    def flush(self) -> None:
+        """Sends the pending frames now, in one write per connection."""
+        if self.pending:
+            data = b"".join(self.pending)
+            self.pending.clear()
+            self.broadcast(data)
 
     def broadcast(self, data: bytes) -> None:
         for connection in list(self.connections):
@@ -267,10 +292,11 @@ class UpdateStreams:
                         channel.latest[update.campaign_id] = data
                     else:
                         data = frame({"type": "heartbeat", "timestamp": codec.now_text()})
-                    channel.broadcast(data)
+                    channel.publish(data)
                 return  # the server ended the stream: the subscription is gone
             except grpc.aio.AioRpcError as error:
                 if error.code() in _FINAL:
+                    channel.flush()  # what came before the end goes first
                     channel.broadcast(
                         frame(
                             {
