@@ -69,7 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--key", default=None, help=f"an admin API key (default: ${KEY_VARIABLE})")
     parser.add_argument("--organization", default=None, help="organization id (default: the key's)")
-    parser.add_argument("--mode", choices=MODES, default="stream", help="how events are sent")
+    parser.add_argument(
+        "--mode", choices=MODES, default="stream", help="how events are sent (default stream)"
+    )
     parser.add_argument(
         "--concurrency", type=int, default=8, help="streams, calls or connections at once (8)"
     )

@@ -57,7 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         prog="campaign-analytics",
         description="Real-time campaign analytics: gRPC and REST ingest, live metrics.",
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning"],
+        help="the least important log records shown (default info)",
+    )
     parser.add_argument(
         "--log-format",
         default=None,
@@ -121,8 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument(
         "--grpc-target", default=None, help="gRPC server (default 127.0.0.1:50051)"
     )
-    gateway.add_argument("--host", default=None)
-    gateway.add_argument("--http-port", type=int, default=None)
+    gateway.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
+    gateway.add_argument("--http-port", type=int, default=None, help="REST port (default 8080)")
     log_format(gateway)
     _tls_arguments(gateway)
     gateway.add_argument(
@@ -141,14 +146,19 @@ def _parser() -> argparse.ArgumentParser:
     org = commands.add_parser("create-organization", help="create an organization")
     database(org)
     org.add_argument("organization_id")
-    org.add_argument("--name", default="")
+    org.add_argument("--name", default="", help="a readable name (default: none)")
     org.set_defaults(run=_create_organization)
 
     key = commands.add_parser("create-key", help="create an API key for an organization")
     database(key)
     key.add_argument("organization_id")
-    key.add_argument("--role", choices=[r.value for r in Role], default=Role.ADMIN.value)
-    key.add_argument("--name", default="")
+    key.add_argument(
+        "--role",
+        choices=[r.value for r in Role],
+        default=Role.ADMIN.value,
+        help="ingest (send events), read (metrics, subscriptions) or admin (all; the default)",
+    )
+    key.add_argument("--name", default="", help="a note to tell keys apart in list-keys")
     key.set_defaults(run=_create_key)
 
     keys = commands.add_parser(
@@ -188,7 +198,7 @@ def _tls_arguments(p: argparse.ArgumentParser) -> None:
         "--tls-cert",
         type=Path,
         default=None,
-        help="PEM certificate (chain): serve gRPC and HTTPS over TLS, with --tls-key "
+        help="PEM certificate (chain): serve over TLS (gRPC, HTTPS), with --tls-key "
         "(env CAMPAIGN_ANALYTICS_TLS_CERT)",
     )
     p.add_argument(
@@ -233,6 +243,13 @@ def _serve(args: argparse.Namespace) -> None:
     settings = _settings(
         args, host=args.host, grpc_port=args.grpc_port, metrics_port=args.metrics_port
     )
+    _check_port_free(settings.host, settings.grpc_port, "gRPC", "--grpc-port")
+    _check_port_free(settings.host, settings.metrics_port, "metrics", "--metrics-port")
+    if not args.no_gateway:
+        http_port = args.http_port
+        if http_port is None:
+            http_port = int(os.environ.get("CAMPAIGN_ANALYTICS_PORT", "8080"))
+        _check_port_free(settings.host, http_port, "REST", "--http-port")
     _use_uvloop()
     asyncio.run(_serve_async(args, settings))
 
@@ -324,6 +341,22 @@ def _gateway_tls(args: argparse.Namespace, settings: ServerSettings) -> dict[str
         "CAMPAIGN_ANALYTICS_TLS_KEY": str(Path(settings.tls_key).resolve()),
         "CAMPAIGN_ANALYTICS_GRPC_CA": str(Path(ca).resolve()),
     }
+
+
+def _check_port_free(host: str, port: int, what: str, flag: str) -> None:
+    """Refuses to start when something already listens on ``port`` (0: any port)."""
+    if not port:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ServiceError(
+                f"the {what} port {host}:{port} is not free ({exc.strerror}): another "
+                f"campaign-analytics serve may be running; stop it, or choose another port "
+                f"with {flag}"
+            ) from None
 
 
 def _wait_for_port(
