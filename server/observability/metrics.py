@@ -147,6 +147,12 @@ class ServerMetrics:
             ["state"],
             registry=registry,
         )
+        # Every series is there from the start, at 0, so that a rate or an
+        # alert over it has data before the first error.
+        for kind in ("unreachable", "conflict", "refused"):
+            self.commit_errors.labels(kind)
+        for state in ("completed", "stopped", "failed"):
+            self.simulations_ended.labels(state)
 
     def count_rejected(self, rejections: Iterable[Rejection]) -> None:
         """Counts rejected events by their code (once per code, not per event)."""
