@@ -33,7 +33,7 @@ async def run_traffic(
     pipeline: IngestPipeline, journeys_per_second: float = 5.0, seed: int | None = None
 ) -> None:
     """Feeds user journeys (``server.simulation.traffic``) into the pipeline
-    until cancelled; logs a line every 10 s."""
+    until cancelled; logs a line every 30 s."""
     traffic = Traffic(DEMO_ORGANIZATION, DEMO_CAMPAIGNS, seed=seed)
     principal = Principal(DEMO_ORGANIZATION, Role.INGEST, "demo")
     sent = 0
@@ -49,6 +49,6 @@ async def run_traffic(
             log.warning("demo traffic paused: %s", exc.message)
             await asyncio.sleep(1)
         now = asyncio.get_running_loop().time()
-        if now - last_report >= 10:
+        if now - last_report >= 30:
             last_report = now
             log.info("demo traffic: %d events ingested so far", sent)
