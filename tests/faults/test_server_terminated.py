@@ -161,7 +161,11 @@ def test_sigterm_drains_ends_streams_cleanly_and_exits_0(
     assert not [exc for o in outcomes for exc in o.unexpected]
     codes = [code for o in outcomes for code in o.codes]
     # Streams and calls end with a status a client retries on without loss.
-    assert set(codes) <= {grpc.StatusCode.UNAVAILABLE}, list(
+    # A call that reached gRPC but not yet the service when the server
+    # stopped ends CANCELLED (grpc/grpc#41785: gRPC's core cancels calls no
+    # handler took yet, where UNAVAILABLE is meant): nothing of it was
+    # stored, and its events are resent below like the others.
+    assert set(codes) <= {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}, list(
         zip(codes, [m for o in outcomes for m in o.messages], strict=True)
     )
     slow = outcomes[4]
