@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -32,7 +31,6 @@ from typing import Any
 
 import grpc
 import psycopg
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bench import ceiling, machine, processes
@@ -44,7 +42,7 @@ from server import admin
 from server.auth import create_key
 from server.domain import Role
 from server.settings import ServerSettings
-from server.store import database, migrate
+from server.store import database
 
 DEFAULT_SECONDS = 10.0
 QUICK_SECONDS = 3.0
@@ -170,23 +168,7 @@ class Bench:
     # -- setup and teardown --
 
     def start_database(self) -> None:
-        base = os.environ.get("BENCH_DATABASE_URL")
-        name = f"bench_{uuid.uuid4().hex[:8]}"
-        if base:
-            database.create_database(base, name)
-            self.database_url = (
-                make_url(base).set(database=name).render_as_string(hide_password=False)
-            )
-
-            def drop() -> None:
-                with psycopg.connect(database.libpq_url(base), autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-            self._drop_database = drop
-        else:
-            print(f"Starting an embedded PostgreSQL in {self.tmp / 'pg'} ...", flush=True)
-            self.database_url = database.start_embedded(self.tmp / "pg", name)
-        migrate.upgrade(self.database_url)
+        self.database_url, self._drop_database = processes.start_database(self.tmp / "pg")
 
     def close(self) -> None:
         for process in (self.gateway, self.server):

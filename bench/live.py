@@ -36,7 +36,6 @@ import tempfile
 import threading
 import time
 import traceback
-import uuid
 from array import array
 from collections import defaultdict
 from collections.abc import Callable
@@ -47,15 +46,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg
-from sqlalchemy.engine import make_url
 
 from bench import machine, processes, sse
 from bench.ingest import Tenant, create_tenant
 from clients import make_event, pb
 from loadgen.engine import CHANNEL_OPTIONS, INGEST_METHOD
 from loadgen.events import EventEncoder
-from server.store import database, migrate
+from server.store import database
 
 LATENCY_P99_TARGET_MS = 250.0
 FANOUT_TARGETS_MS = {1_000: 30.0, 5_000: 100.0, 10_000: 400.0}
@@ -305,23 +302,7 @@ class Live:
     # -- setup --
 
     def start_database(self) -> None:
-        base = os.environ.get("BENCH_DATABASE_URL")
-        name = f"bench_{uuid.uuid4().hex[:8]}"
-        if base:
-            database.create_database(base, name)
-            self.database_url = (
-                make_url(base).set(database=name).render_as_string(hide_password=False)
-            )
-
-            def drop() -> None:
-                with psycopg.connect(database.libpq_url(base), autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-            self._drop = drop
-        else:
-            print(f"Starting an embedded PostgreSQL in {self.tmp / 'pg'} ...", flush=True)
-            self.database_url = database.start_embedded(self.tmp / "pg", name)
-        migrate.upgrade(self.database_url)
+        self.database_url, self._drop = processes.start_database(self.tmp / "pg")
 
     def start_gateway(self, label: str) -> None:
         self.gateway, self.gateway_target = processes.start_gateway(

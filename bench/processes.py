@@ -18,10 +18,39 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+
+import psycopg
+from sqlalchemy.engine import make_url
+
+from server.store import database, migrate
 
 REPO = Path(__file__).resolve().parents[1]
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def start_database(folder: Path) -> tuple[str, Callable[[], None] | None]:
+    """A fresh, migrated database for one run: a new one on
+    ``$BENCH_DATABASE_URL``, or an embedded PostgreSQL in ``folder``. Returns
+    its URL and, for the former, what drops it afterwards."""
+    base = os.environ.get("BENCH_DATABASE_URL")
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    drop: Callable[[], None] | None = None
+    if base:
+        database.create_database(base, name)
+        url = make_url(base).set(database=name).render_as_string(hide_password=False)
+
+        def drop() -> None:
+            with psycopg.connect(database.libpq_url(base), autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    else:
+        print(f"Starting an embedded PostgreSQL in {folder} ...", flush=True)
+        url = database.start_embedded(folder, name)
+    migrate.upgrade(url)
+    return url, drop
 
 
 class Process:

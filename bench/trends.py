@@ -17,21 +17,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
-from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from bench import processes
 from server.metrics.trends import TrendRange, read_trend
-from server.store import database, migrate
+from server.store import database
 
 ORGANIZATION = "org_bench"
 # (label, seconds of history, step): what the dashboard page asks for.
@@ -124,24 +122,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
 
-    name = f"bench_trends_{uuid.uuid4().hex[:8]}"
-    base = os.environ.get("BENCH_DATABASE_URL")
     with tempfile.TemporaryDirectory(prefix="bench-trends-") as tmp:
-        if base:
-            database.create_database(base, name)
-            url = make_url(base).set(database=name).render_as_string(hide_password=False)
-        else:
-            url = database.start_embedded(Path(tmp) / "pg", name)
+        url, drop = processes.start_database(Path(tmp) / "pg")
         try:
-            migrate.upgrade(url)
             print(f"filling rollups for {args.campaigns} campaigns:", file=sys.stderr)
             rows = fill(url, args.campaigns)
             print("reading trends:", file=sys.stderr, flush=True)
             results = asyncio.run(measure(url, args.repeats))
         finally:
-            if base:
-                with psycopg.connect(database.libpq_url(base), autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            if drop is not None:
+                drop()
 
     print(
         f"\nTrends on {args.campaigns} campaigns' rollups ({rows['campaign_rollups']:,} "
