@@ -1,11 +1,12 @@
 """Which organization owns each campaign, cached: campaigns are never moved
 or deleted, so a known owner stays true; unknown ids are asked again."""
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from server.errors import PermissionDenied, ServiceError
 from server.store.schema import campaigns
 
 
@@ -21,9 +22,10 @@ class CampaignDirectory:
         for campaign_id in campaign_ids:
             owner = self._owners.get(campaign_id)
             result[campaign_id] = owner
-            # An id holding a NUL cannot be stored (PostgreSQL's text cannot
-            # hold one), so there is no such campaign, and asking would fail.
-            if owner is None and "\x00" not in campaign_id:
+            # An empty id is never a campaign's, and one holding a NUL cannot
+            # be stored (PostgreSQL's text cannot hold one, and asking would
+            # fail): there is no such campaign.
+            if owner is None and campaign_id and "\x00" not in campaign_id:
                 unknown.append(campaign_id)
         if unknown:
             query = select(campaigns.c.campaign_id, campaigns.c.organization_id).where(
@@ -37,6 +39,21 @@ class CampaignDirectory:
 
     async def owner(self, campaign_id: str) -> str | None:
         return (await self.owners([campaign_id]))[campaign_id]
+
+    async def check(
+        self,
+        organization_id: str,
+        campaign_ids: Iterable[str],
+        unknown: Callable[[str], ServiceError],
+    ) -> None:
+        """Refuses ids that are not the organization's campaigns: raises
+        ``unknown(campaign_id)`` for one that does not exist (each caller
+        words it for its route), PermissionDenied for another organization's."""
+        for campaign_id, owner in (await self.owners(campaign_ids)).items():
+            if owner is None:
+                raise unknown(campaign_id)
+            if owner != organization_id:
+                raise PermissionDenied(f"campaign {campaign_id!r} belongs to another organization")
 
     def remember(self, campaign_id: str, organization_id: str) -> None:
         self._owners[campaign_id] = organization_id

@@ -162,3 +162,8 @@ def commit_budget(context: grpc.aio.ServicerContext) -> float | None:
     if remaining is None:
         return None
     return max(0.0, remaining - min(0.25, remaining / 10))
+
+
+def campaign_not_found(campaign_id: str) -> errors.NotFound:
+    """The seed's answer for a route naming a campaign that does not exist."""
+    return errors.NotFound("Campaign not found")

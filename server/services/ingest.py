@@ -10,12 +10,17 @@ from clients import pb
 from server import codec
 from server.auth import KeyStore
 from server.domain import Rejection, Role
-from server.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
+from server.errors import InvalidArgument, Unavailable
 from server.ingest.admission import Admission
 from server.ingest.pipeline import IngestPipeline, IngestResult
 from server.ingest.turns import Turns
 from server.ingest.validation import IncomingEvent
-from server.services.common import Authenticated, commit_budget, reports_errors
+from server.services.common import (
+    Authenticated,
+    campaign_not_found,
+    commit_budget,
+    reports_errors,
+)
 
 # Events of one stream validated and waiting for their commit at once: enough
 # for the writer's group commit to form large batches, bounded so that a
@@ -82,11 +87,9 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
     ) -> pb.IngestCampaignEventResponse:
         principal = await self.caller(context, Role.INGEST, events=1)
         campaign_id = request.campaign_id
-        owner = await self._pipeline.campaigns.owner(campaign_id) if campaign_id else None
-        if owner is None:
-            raise NotFound("Campaign not found")
-        if owner != principal.organization_id:
-            raise PermissionDenied(f"campaign {campaign_id!r} belongs to another organization")
+        await self._pipeline.campaigns.check(
+            principal.organization_id, [campaign_id], campaign_not_found
+        )
         if request.HasField("undecodable_event"):
             # Kept with its reason, as every rejected event, then refused.
             undecodable = codec.decode_undecodable([request.undecodable_event])

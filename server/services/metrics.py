@@ -6,14 +6,19 @@ from clients import pb
 from server import codec
 from server.auth import KeyStore
 from server.domain import Role
-from server.errors import InvalidArgument, NotFound, PermissionDenied
+from server.errors import InvalidArgument, PermissionDenied
 from server.ingest.campaigns import CampaignDirectory
 from server.ingest.pipeline import IngestPipeline
 from server.metrics.reader import MetricsReader
 from server.metrics.trends import TrendRange
 from server.metrics.window import Window
 from server.observability.condition import PipelineCondition
-from server.services.common import Authenticated, reports_errors, same_organization
+from server.services.common import (
+    Authenticated,
+    campaign_not_found,
+    reports_errors,
+    same_organization,
+)
 
 
 class MetricsServicer(Authenticated, pb.MetricsServiceServicer):
@@ -33,7 +38,7 @@ class MetricsServicer(Authenticated, pb.MetricsServiceServicer):
 
     async def _own_campaign(self, organization_id: str, campaign_id: str) -> bool:
         """Whether the campaign exists; refuses another organization's."""
-        owner = await self._campaigns.owner(campaign_id) if campaign_id else None
+        owner = await self._campaigns.owner(campaign_id)
         if owner is not None and owner != organization_id:
             raise PermissionDenied(f"campaign {campaign_id!r} belongs to another organization")
         return owner is not None
@@ -44,8 +49,9 @@ class MetricsServicer(Authenticated, pb.MetricsServiceServicer):
     ) -> pb.GetCampaignMetricsResponse:
         principal = await self.caller(context, Role.READ)
         window = Window.ending_now(request.time_window)
-        if not await self._own_campaign(principal.organization_id, request.campaign_id):
-            raise NotFound("Campaign not found")
+        await self._campaigns.check(
+            principal.organization_id, [request.campaign_id], campaign_not_found
+        )
         metrics = await self._reader.campaign(
             principal.organization_id, request.campaign_id, window
         )
@@ -111,10 +117,8 @@ class MetricsServicer(Authenticated, pb.MetricsServiceServicer):
         principal = await self.caller(context, Role.READ)
         organization_id = same_organization(principal, request.organization_id)
         span = TrendRange.ending_now(request.time_window, request.step)
-        if request.campaign_id and not await self._own_campaign(
-            organization_id, request.campaign_id
-        ):
-            raise NotFound("Campaign not found")
+        if request.campaign_id:
+            await self._campaigns.check(organization_id, [request.campaign_id], campaign_not_found)
         trend = await self._reader.trend(organization_id, request.campaign_id, span)
         return pb.GetTrendsResponse(
             success=True,

@@ -11,7 +11,7 @@ from clients import pb
 from server import codec
 from server.auth import KeyStore
 from server.domain import Role
-from server.errors import InvalidArgument, NotFound, PermissionDenied
+from server.errors import InvalidArgument, NotFound
 from server.ingest.campaigns import CampaignDirectory
 from server.metrics.reader import MetricsReader
 from server.metrics.window import Window
@@ -42,12 +42,7 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
 
     async def _followed(self, organization_id: str, campaign_ids: list[str]) -> list[str]:
         """The campaign ids, each checked to be the organization's."""
-        owners = await self._campaigns.owners(campaign_ids)
-        for campaign_id, owner in owners.items():
-            if owner is None:
-                raise NotFound(f"campaign {campaign_id!r} does not exist")
-            if owner != organization_id:
-                raise PermissionDenied(f"campaign {campaign_id!r} belongs to another organization")
+        await self._campaigns.check(organization_id, campaign_ids, _no_such_campaign)
         return campaign_ids
 
     @reports_errors
@@ -216,3 +211,7 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
             for m in metrics
             if subscription.follows(m.campaign_id)
         ]
+
+
+def _no_such_campaign(campaign_id: str) -> NotFound:
+    return NotFound(f"campaign {campaign_id!r} does not exist")

@@ -26,7 +26,6 @@ from server.domain import Principal
 from server.errors import (
     InvalidArgument,
     NotFound,
-    PermissionDenied,
     ResourceExhausted,
     ServiceError,
 )
@@ -175,13 +174,8 @@ class Simulations:
                 f"a simulation covers at most {MAX_CAMPAIGNS} campaigns; this one names "
                 f"{len(unique)}"
             )
-        owners = await self._pipeline.campaigns.owners(unique)
-        for campaign_id in unique:
-            owner = owners[campaign_id]
-            if owner is None:
-                raise InvalidArgument(f"campaign {campaign_id!r} does not exist; create it first")
-            if owner != organization_id:
-                raise PermissionDenied(f"campaign {campaign_id!r} belongs to another organization")
+        # An unknown campaign is a bad option here (400), not a missing page.
+        await self._pipeline.campaigns.check(organization_id, unique, _no_such_campaign)
         return unique
 
     # -- continuous ----------------------------------------------------------
@@ -387,3 +381,7 @@ class Simulations:
             events += journey
         result = await self._pipeline.ingest(principal, events, timeout=timeout, wait_for_room=True)
         return Generated(len(events), result.accepted, session_ids)
+
+
+def _no_such_campaign(campaign_id: str) -> InvalidArgument:
+    return InvalidArgument(f"campaign {campaign_id!r} does not exist; create it first")
