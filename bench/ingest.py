@@ -192,7 +192,6 @@ class Bench:
             self.machine = machine.describe(self.database_url)
             campaigns = [f"check_c{i}" for i in range(self.args.campaigns)]
             check_encoding("check_org", campaigns)
-            ceiling.check_rows(self.database_url, "check_org", campaigns)
             self.workers = Workers(self.args.workers)
             if self.wants("ceiling"):
                 self.ceilings()
@@ -235,7 +234,7 @@ class Bench:
         row.details.update(statement=statement, batch=batch, batches=result.batches,
                            wall_seconds=wall)  # fmt: skip
         row.notes.append(
-            f"{result.batches} transactions of {batch}; timed: COPY + statement + commit "
+            f"{result.batches} transactions of {batch}; timed: COPY + statements + commit "
             f"({result.seconds:.1f} s of {wall:.1f} s wall, the rest is encoding rows)"
         )
         return row

@@ -11,6 +11,7 @@ import uvicorn
 
 from gateway.app import create_asgi_app
 from gateway.settings import GatewaySettings
+from server import runtime
 from server.observability.logs import LOG_FORMATS, LogFormat
 
 __all__ = ["main", "serve"]
@@ -34,7 +35,10 @@ def serve(settings: GatewaySettings | None = None) -> None:
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    config.load()  # builds the app: what start-up makes is made by now
+    runtime.settle()
+    server.run()
 
 
 def _log_config(log_format: LogFormat) -> dict[str, Any]:

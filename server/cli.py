@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import loadgen.run
-from server import admin, demo
+from server import admin, demo, runtime
 from server.app import AnalyticsServer
 from server.auth import create_key, key_id_of, list_keys, revoke_key
 from server.domain import Role
@@ -262,6 +262,7 @@ async def _serve_async(args: argparse.Namespace, settings: ServerSettings) -> No
     drained = False
     try:
         port = await server.start()
+        runtime.settle()
         print(f"gRPC server listening on {settings.host}:{port}", flush=True)
         if server.metrics_port:
             print(

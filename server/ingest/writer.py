@@ -38,6 +38,7 @@ from server.observability.metrics import ServerMetrics
 from server.store import events as event_store
 from server.store.database import unreachable_cause
 from server.store.events import EventRow
+from server.store.sessions import CompleteSessions
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class BatchWriter:
         self._conns: dict[int, psycopg.AsyncConnection[Any]] = {}
         self._worker: asyncio.Task[None] | None = None
         self._flushes: set[asyncio.Task[None]] = set()
+        self._complete_sessions = CompleteSessions()
         self.stats = WriterStats()
         # Gauges are read when scraped, on another thread: plain reads only.
         self._metrics = metrics = metrics or ServerMetrics()
@@ -259,7 +261,7 @@ class BatchWriter:
         while True:
             try:
                 conn = await self._connection(slot)
-                stored = await event_store.write_batch(conn, rows)
+                stored = await event_store.write_batch(conn, rows, self._complete_sessions)
                 break
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
                 # Two flushes met on the same rows; the transaction was rolled

@@ -6,10 +6,12 @@ upsert takes its rows in key order, so two flushes meeting on the same rows
 wait for each other instead of deadlocking.
 
 The rows are copied (binary COPY, encoded by ``server.store.staging_copy``)
-into a temporary staging table, then one
-statement inserts the new events (``ON CONFLICT DO NOTHING`` drops event ids
-already stored) and feeds only the rows it inserted into the aggregates, so a
-retried event changes nothing.
+into a temporary staging table. ``INSERT_EVENTS`` inserts them into
+``events`` (``ON CONFLICT DO NOTHING`` drops event ids already stored): the
+plain deduplicating insert. When it inserted fewer rows than were staged,
+``DROP_DUPLICATES`` takes the already-stored ones out of staging (and names
+them), so that ``AGGREGATE`` adds only what this batch stored to the
+rollups, the daily rows and the sessions: a retried event changes nothing.
 """
 
 from collections.abc import Sequence
@@ -18,10 +20,12 @@ from typing import Any
 import psycopg
 
 from server.store.schema import COUNTERS, ROLLUP_SUMS
+from server.store.sessions import CompleteSessions
 from server.store.staging_copy import encode_rows
 
-# The columns of a staged event, in order: what the ingest path hands the writer.
-STAGING_COLUMNS = (
+# The columns of an event as stored, in order: what the ingest path hands the
+# writer (an ``EventRow``).
+EVENT_COLUMNS = (
     "organization_id",
     "event_id",
     "campaign_id",
@@ -32,6 +36,9 @@ STAGING_COLUMNS = (
     "duration",
     "metadata",
 )
+# Staged with them: whether the event's session may still change
+# (``server.store.sessions``).
+STAGING_COLUMNS = (*EVENT_COLUMNS, "session_open")
 STAGING_TYPES = (
     "text",
     "uuid",
@@ -42,6 +49,7 @@ STAGING_TYPES = (
     "text",
     "float8",
     "jsonb",
+    "bool",
 )
 
 # organization_id, event_id (the UUID's 16 bytes), campaign_id, event_type,
@@ -93,14 +101,27 @@ def _rollup(name: str, table: str, bucket: str) -> str:
 
 
 _CA = "campaign_analytics"
-FLUSH = f"""
-WITH inserted AS (
-    INSERT INTO events ({", ".join(STAGING_COLUMNS)}, received_at)
-    SELECT {", ".join(STAGING_COLUMNS)}, now() FROM staging_events
-    ON CONFLICT (organization_id, event_id) DO NOTHING
-    RETURNING organization_id, campaign_id, event_type, occurred_at, value_micros,
-              session_id, duration
-), per_second AS (
+_STORED = ", ".join(EVENT_COLUMNS)
+
+INSERT_EVENTS = f"""
+INSERT INTO events ({_STORED}, received_at)
+SELECT {_STORED}, now() FROM staging_events
+ON CONFLICT (organization_id, event_id) DO NOTHING
+"""
+
+# The staged events that were already stored (their row is not this
+# transaction's), out of staging: their organization and event id.
+DROP_DUPLICATES = """
+DELETE FROM staging_events st USING events e
+WHERE e.organization_id = st.organization_id AND e.event_id = st.event_id
+  AND e.xmin <> pg_current_xact_id()::xid
+RETURNING st.organization_id, uuid_send(st.event_id)
+"""
+
+# Adds what is staged (the events this transaction stored) to the aggregates;
+# answers with the sessions now known to be complete.
+AGGREGATE = f"""
+WITH per_second AS (
     SELECT organization_id, campaign_id, date_trunc('second', occurred_at) AS bucket,
         {_COUNTS_AS},
         coalesce(sum(value_micros) FILTER (WHERE event_type <> 3), 0) AS spent_micros,
@@ -108,16 +129,16 @@ WITH inserted AS (
             AS conversion_value_micros,
         coalesce(sum(duration) FILTER (WHERE event_type = 4), 0) AS view_time_sum,
         count(duration) FILTER (WHERE event_type = 4) AS view_time_count
-    FROM inserted GROUP BY 1, 2, 3
-), session_events AS (
-    -- Sessions seen in this batch, but for those already known to have two
-    -- or more events: nothing about them can change any more.
+    FROM staging_events GROUP BY 1, 2, 3
+), probed AS (
+    -- Open sessions seen in this batch, with what is known of them: nothing,
+    -- one event, or two or more (complete: nothing about them can change).
     -- (A lateral probe with LIMIT keeps this an index lookup per session
     -- whatever the planner thinks of the table's size.)
-    SELECT seen.* FROM (
+    SELECT seen.*, known.event_count AS known_count FROM (
         SELECT organization_id, campaign_id, session_id,
                min(occurred_at) AS first_event_at, count(*) AS events
-        FROM inserted WHERE session_id IS NOT NULL GROUP BY 1, 2, 3
+        FROM staging_events WHERE session_open GROUP BY 1, 2, 3
     ) seen
     LEFT JOIN LATERAL (
         SELECT k.event_count FROM campaign_sessions k
@@ -125,15 +146,15 @@ WITH inserted AS (
           AND k.session_id = seen.session_id
         LIMIT 1
     ) known ON true
-    WHERE known.event_count IS DISTINCT FROM 2
 ), sessions AS (
     INSERT INTO campaign_sessions AS s (
         organization_id, campaign_id, session_id, first_event_at, event_count)
     SELECT organization_id, campaign_id, session_id, first_event_at, least(events, 2)
-    FROM session_events ORDER BY 1, 2, 3
+    FROM probed WHERE known_count IS DISTINCT FROM 2 ORDER BY 1, 2, 3
     ON CONFLICT (organization_id, campaign_id, session_id) DO UPDATE SET event_count = 2
     WHERE s.event_count < 2
-    RETURNING organization_id, campaign_id, first_event_at, event_count, xmax = 0 AS created
+    RETURNING organization_id, campaign_id, session_id, first_event_at, event_count,
+              xmax = 0 AS created
 ), session_changes AS (
     -- A new session counts where its first event falls, as a bounce while it
     -- has one event; a known one-event session stops being a bounce.
@@ -183,15 +204,9 @@ WITH inserted AS (
         skip_rate = {_ratio("ca", "skips", "views", " * 100.0")},
         updated_at = now()
 )
-SELECT count(*) FROM inserted
-"""
-
-# Asked only when the flush inserted fewer rows than it staged: the staged
-# events that were already stored (their row is not this transaction's).
-DUPLICATES = """
-SELECT st.organization_id, uuid_send(st.event_id)
-FROM staging_events st JOIN events e USING (organization_id, event_id)
-WHERE e.xmin <> pg_current_xact_id()::xid
+SELECT organization_id, campaign_id, session_id FROM probed WHERE known_count = 2
+UNION ALL
+SELECT organization_id, campaign_id, session_id FROM sessions WHERE event_count = 2
 """
 
 
@@ -226,23 +241,41 @@ def update_notices(rows: Sequence[EventRow]) -> list[str]:
 
 
 async def write_batch(
-    conn: psycopg.AsyncConnection[Any], rows: Sequence[EventRow]
+    conn: psycopg.AsyncConnection[Any],
+    rows: Sequence[EventRow],
+    complete_sessions: CompleteSessions | None = None,
 ) -> list[tuple[str, bytes]]:
     """Commits ``rows`` (event ids unique within the batch); returns the
     (organization_id, event_id) of rows that were already stored. The commit
-    notifies ``UPDATES_CHANNEL`` of the campaigns it changed."""
+    notifies ``UPDATES_CHANNEL`` of the campaigns it changed. Sessions in
+    ``complete_sessions`` are not looked up; those found complete are added
+    to it once committed."""
+    sessions = CompleteSessions() if complete_sessions is None else complete_sessions
+    return await write_staged(conn, encode_rows(rows, sessions), rows, sessions)
+
+
+async def write_staged(
+    conn: psycopg.AsyncConnection[Any],
+    data: bytes | bytearray,
+    rows: Sequence[EventRow],
+    complete_sessions: CompleteSessions,
+) -> list[tuple[str, bytes]]:
+    """``write_batch`` of rows already encoded (``encode_rows``) into ``data``."""
+    complete: list[tuple[str, str, str]] = []
+    duplicates: list[tuple[str, bytes]] = []
     async with conn.transaction(), conn.cursor() as cur:
         async with cur.copy(COPY_STAGING) as copy:
-            await copy.write(encode_rows(rows))
-        await cur.execute(FLUSH)
-        counted = await cur.fetchone()
-        inserted = counted[0] if counted is not None else 0
+            await copy.write(data)
+        await cur.execute(INSERT_EVENTS)
+        inserted = cur.rowcount
+        if inserted < len(rows):
+            await cur.execute(DROP_DUPLICATES)
+            duplicates = await cur.fetchall()  # type: ignore[assignment]
         if inserted:
+            await cur.execute(AGGREGATE)
+            complete = await cur.fetchall()  # type: ignore[assignment]
             # Delivered with the commit, to every server process listening.
             for payload in update_notices(rows):
                 await cur.execute("SELECT pg_notify(%s, %s)", (UPDATES_CHANNEL, payload))
-        if inserted == len(rows):
-            return []
-        await cur.execute(DUPLICATES)
-        duplicates = await cur.fetchall()
-    return duplicates  # type: ignore[return-value]
+    complete_sessions.add(complete)
+    return duplicates

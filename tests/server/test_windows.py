@@ -150,3 +150,12 @@ def test_bounce_rate_follows_sessions_across_requests(stubs: Stubs, tenant: Tena
     assert bounce_rate() == (50.0, 4)
     send(event("impression", campaign, org))  # no session: not counted
     assert bounce_rate() == (50.0, 4)
+    # a is complete: its later events change nothing (the writer skips it).
+    send(event("view", campaign, org, session_id="a"), event("skip", campaign, org, session_id="a"))
+    assert bounce_rate() == (50.0, 4)
+    # e's two events in one request: a session that is complete at once.
+    send(
+        event("impression", campaign, org, session_id="e"),
+        event("view", campaign, org, session_id="e"),
+    )
+    assert bounce_rate() == (40.0, 5)
