@@ -51,16 +51,15 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
             + len(request.undecodable_events)
             + request.HasField("event"),
         )
-        messages = list(request.events)
-        single = request.HasField("event") and not messages and not request.undecodable_events
-        if request.HasField("event"):
-            messages.insert(0, request.event)
-        undecodable = frozenset(u.index for u in request.undecodable_events)
-        count = len(messages) + len(request.undecodable_events)
+        has_event = request.HasField("event")
+        single = has_event and not request.events and not request.undecodable_events
+        count = len(request.events) + has_event + len(request.undecodable_events)
         self._pipeline.check_batch_size(count)
         # Room is held before decoding, the costly part: under overload the
         # call is refused at once rather than queued (server.ingest.admission).
         with self._pipeline.admit(count):
+            messages = [request.event, *request.events] if has_event else list(request.events)
+            undecodable = frozenset(u.index for u in request.undecodable_events)
             events = await _decode(self._pipeline.turns, messages, undecodable=undecodable)
             result = await self._pipeline.ingest(
                 principal,
