@@ -91,7 +91,12 @@ class CeilingResult:
         return self.events / self.seconds if self.seconds else 0.0
 
 
-def measure(
+def measure(*args: Any, **kwargs: Any) -> CeilingResult:
+    """``measure_async``, from code without an event loop."""
+    return asyncio.run(measure_async(*args, **kwargs))
+
+
+async def measure_async(
     database_url: str,
     organization_id: str,
     campaign_ids: list[str],
@@ -108,22 +113,6 @@ def measure(
     closes."""
     if statement not in STATEMENTS:
         raise ValueError(f"statement must be one of {STATEMENTS}")
-    return asyncio.run(
-        _measure(database_url, organization_id, campaign_ids, statement, batch, seconds,
-                 max_events, on_done)
-    )  # fmt: skip
-
-
-async def _measure(
-    database_url: str,
-    organization_id: str,
-    campaign_ids: list[str],
-    statement: str,
-    batch: int,
-    seconds: float,
-    max_events: int,
-    on_done: Callable[[], None],
-) -> CeilingResult:
     rows = ServiceRows(organization_id, campaign_ids)
     sessions = CompleteSessions()
     # Planned afresh each time (never prepared): a plan made while the tables
