@@ -11,7 +11,6 @@ import uvicorn
 
 from gateway.app import create_asgi_app
 from gateway.settings import GatewaySettings
-from server import runtime
 from server.observability.logs import LOG_FORMATS, LogFormat
 
 __all__ = ["main", "serve"]
@@ -35,10 +34,7 @@ def serve(settings: GatewaySettings | None = None) -> None:
         ssl_certfile=settings.tls_cert,
         ssl_keyfile=settings.tls_key,
     )
-    server = uvicorn.Server(config)
-    config.load()  # builds the app: what start-up makes is made by now
-    runtime.settle()
-    server.run()
+    uvicorn.Server(config).run()
 
 
 def _log_config(log_format: LogFormat) -> dict[str, Any]:
