@@ -47,12 +47,8 @@ def reports_errors(handler: Handler) -> Handler:
             return await call(self, request, context)
         except grpc.aio.AbortError:
             raise
-        except asyncio.CancelledError:
-            if not self._keys.streams.ended_by_revocation():
-                raise
-            await abort(context, errors.Unauthenticated(KEY_REVOKED), handler.__name__)
-        except Exception as exc:
-            await abort(context, exc, handler.__name__)
+        except (asyncio.CancelledError, Exception) as exc:
+            await _report(self, context, exc, handler.__name__)
 
     return wrapper  # type: ignore[return-value]
 
@@ -69,14 +65,27 @@ def _reports_stream_errors(
                 yield response
         except grpc.aio.AbortError:
             raise
-        except asyncio.CancelledError:
-            if not self._keys.streams.ended_by_revocation():
-                raise
-            await abort(context, errors.Unauthenticated(KEY_REVOKED), handler.__name__)
-        except Exception as exc:
-            await abort(context, exc, handler.__name__)
+        except (asyncio.CancelledError, Exception) as exc:
+            await _report(self, context, exc, handler.__name__)
 
     return wrapper
+
+
+async def _report(
+    servicer: "Authenticated",
+    context: grpc.aio.ServicerContext,
+    exc: BaseException,
+    call: str,
+) -> None:
+    """Ends the call with the status ``exc`` calls for. A cancellation is
+    raised again, unless it came from revoking the caller's key: then the
+    call ends UNAUTHENTICATED."""
+    if isinstance(exc, asyncio.CancelledError):
+        if not servicer._keys.streams.ended_by_revocation():
+            raise exc
+        exc = errors.Unauthenticated(KEY_REVOKED)
+    assert isinstance(exc, Exception)
+    await abort(context, exc, call)
 
 
 async def abort(context: grpc.aio.ServicerContext, exc: Exception, call: str) -> None:

@@ -243,15 +243,15 @@ def update_notices(rows: Sequence[EventRow]) -> list[str]:
 async def write_batch(
     conn: psycopg.AsyncConnection[Any],
     rows: Sequence[EventRow],
-    complete_sessions: CompleteSessions | None = None,
+    complete_sessions: CompleteSessions,
 ) -> list[tuple[str, bytes]]:
     """Commits ``rows`` (event ids unique within the batch); returns the
     (organization_id, event_id) of rows that were already stored. The commit
     notifies ``UPDATES_CHANNEL`` of the campaigns it changed. Sessions in
     ``complete_sessions`` are not looked up; those found complete are added
     to it once committed."""
-    sessions = CompleteSessions() if complete_sessions is None else complete_sessions
-    return await write_staged(conn, encode_rows(rows, sessions), rows, sessions)
+    data = encode_rows(rows, complete_sessions)
+    return await write_staged(conn, data, rows, complete_sessions)
 
 
 async def write_staged(

@@ -19,22 +19,18 @@ SessionKey = tuple[str, str, str]  # (organization_id, campaign_id, session_id)
 CAPACITY = 100_000
 
 
-class CompleteSessions:
+class CompleteSessions(dict[SessionKey, None]):
+    """The sessions known to be complete, oldest first (a dict, so that the
+    encoder's lookup per event is a plain ``in``)."""
+
     def __init__(self, capacity: int = CAPACITY) -> None:
+        super().__init__()
         self.capacity = capacity
-        self._keys: dict[SessionKey, None] = {}  # oldest first
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
-
-    def __len__(self) -> int:
-        return len(self._keys)
 
     def add(self, keys: Iterable[SessionKey]) -> None:
         """Remembers sessions found complete by a committed flush."""
-        known = self._keys
         for key in keys:
-            known[key] = None
-        if len(known) > self.capacity:
-            for key in list(known)[: len(known) - self.capacity * 3 // 4]:
-                del known[key]
+            self[key] = None
+        if len(self) > self.capacity:
+            for key in list(self)[: len(self) - self.capacity * 3 // 4]:
+                del self[key]

@@ -66,7 +66,7 @@ def test_flushes_learn_complete_sessions_and_skip_them(database_url: str) -> Non
     other = CompleteSessions()
     rows = [_row(org, campaign, "x"), _row(org, campaign, "y"), _row(org, campaign, "z")]
     asyncio.run(_write(database_url, rows, other))
-    assert {(org, campaign, "x"), (org, campaign, "y")} <= set(other._keys)
+    assert {(org, campaign, "x"), (org, campaign, "y")} <= set(other)
     assert (org, campaign, "z") not in other
     assert _stored(database_url, org) == ({"x": 2, "y": 2, "z": 1}, (3, 1, 8))
 
