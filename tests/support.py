@@ -156,7 +156,12 @@ class GatewayThread:
         self.port = self._socket.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         app = create_asgi_app(GatewaySettings(grpc_target=grpc_target, port=self.port, **settings))
-        config = uvicorn.Config(app, http="httptools", loop="asyncio", log_level="warning")
+        # Tests share one keep-alive client, idle between tests: a server
+        # closing an idle connection (uvicorn's default is after 5 s) just
+        # as the client sends on it resets that request.
+        config = uvicorn.Config(
+            app, http="httptools", loop="asyncio", log_level="warning", timeout_keep_alive=600
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True

@@ -251,6 +251,7 @@ def stack() -> Iterator[Stack]:
             lifespan="on",
             access_log=False,
             log_level="warning",
+            timeout_keep_alive=600,  # as in tests/support.py: no idle-close races
         )
         server = _Server(config, ready)
         servers.append(server)
