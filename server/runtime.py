@@ -11,11 +11,12 @@ its throughput (measured with ``py-spy --native`` and ``gc.callbacks``;
 raising the thresholds did not help). Once the process has started,
 ``settle`` moves what start-up made out of the collector's sight
 (``gc.freeze``), turns the automatic collector off, and collects every
-``COLLECT_EVERY`` seconds in a thread of its own: cycles (a refused call's
-exception and the frames holding its request, say) are still freed within a
-second, so memory under overload stays within its bound
-(``tests/faults/test_overload.py``), while streams of 100-event messages went
-from about 57,000 to about 80,000 events/s (``python -m bench.ingest``). The
+``COLLECT_EVERY`` seconds in a thread of its own: cycles (gRPC leaves a
+few small ones behind every call, and more for a call ended with an error)
+are still freed within a second, so memory under overload stays within its
+bound (``tests/faults/test_overload.py``), while streams of 100-event
+messages went from about 57,000 to about 80,000 events/s (``python -m
+bench.ingest``). The
 gateway keeps CPython's collector: with thousands of SSE connections open, a
 full collection every second held up their frames (``python -m bench.live``).
 """

@@ -176,9 +176,8 @@ class IngestPipeline:
 
         if rows:
             try:
-                duplicates = await asyncio.wait_for(
-                    self.writer.submit(rows, wait_for_room=wait_for_room), timeout
-                )
+                async with asyncio.timeout(timeout):
+                    duplicates = await self.writer.submit(rows, wait_for_room=wait_for_room)
             except ResourceExhausted:
                 self.refusals.note(len(rows))
                 self._metrics.events_refused.inc(len(rows))

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import operator
 import random
 import time
 from collections.abc import Sequence
@@ -185,7 +186,9 @@ class BatchWriter:
         if not wait:
             done.add_done_callback(_consume_exception)
             return 0
-        return await asyncio.shield(done)
+        # A caller that stops waiting cancels ``done``, not the write: the
+        # events stay in the flush, which skips results nobody waits for.
+        return await done
 
     async def wait_for_room(self, timeout: float | None) -> None:
         """Waits until the next flush ends (room may have been made), for at
@@ -247,14 +250,18 @@ class BatchWriter:
     async def _write(self, slot: int, batch: list[_Submission]) -> None:
         # An event id may repeat across the submissions of one flush (a retry
         # racing its original): the first is written, the others are
-        # duplicates. Usually no id repeats and every row is written.
-        keys = [[(row[0], row[1]) for row in submission.rows] for submission in batch]
-        total = sum(map(len, keys))
-        if len(dict.fromkeys(chain.from_iterable(keys))) == total:
+        # duplicates. Usually no id repeats (the ids, whatever their
+        # organization, are all distinct) and every row is written.
+        total = sum(len(submission.rows) for submission in batch)
+        ids: set[bytes] = set()
+        for submission in batch:
+            ids.update(map(_event_id, submission.rows))
+        written: list[list[tuple[str, bytes]]] | None = None  # None: all of their rows
+        if len(ids) == total:
             rows = list(chain.from_iterable(submission.rows for submission in batch))
-            written, repeats = keys, [0] * len(batch)
+            repeats = [0] * len(batch)
         else:
-            rows, written, repeats = _first_occurrences(batch, keys)
+            rows, written, repeats = _first_occurrences(batch)
 
         backoff = _Backoff()
         started = time.perf_counter()
@@ -280,10 +287,11 @@ class BatchWriter:
 
         already = set(stored)
         duplicates = 0
-        for submission, submission_keys, repeated in zip(batch, written, repeats, strict=True):
+        for number, (submission, repeated) in enumerate(zip(batch, repeats, strict=True)):
             count = repeated
             if already:
-                count += sum(1 for key in submission_keys if key in already)
+                keys = _keys(submission.rows) if written is None else written[number]
+                count += sum(1 for key in keys if key in already)
             duplicates += count
             if not submission.done.done():
                 submission.done.set_result(count)
@@ -350,8 +358,16 @@ class BatchWriter:
                 await conn.close()
 
 
+_event_id = operator.itemgetter(1)
+
+
+def _keys(rows: Sequence[EventRow]) -> list[tuple[str, bytes]]:
+    """(organization_id, event_id) of each row: what identifies a stored event."""
+    return [(row[0], row[1]) for row in rows]
+
+
 def _first_occurrences(
-    batch: list[_Submission], keys: list[list[tuple[str, bytes]]]
+    batch: list[_Submission],
 ) -> tuple[list[EventRow], list[list[tuple[str, bytes]]], list[int]]:
     """The rows to write (first occurrence of each id), the keys each
     submission wrote, and how many of its events repeated an earlier one."""
@@ -359,8 +375,9 @@ def _first_occurrences(
     rows: list[EventRow] = []
     written: list[list[tuple[str, bytes]]] = []
     repeats: list[int] = []
-    for submission, submission_keys in zip(batch, keys, strict=True):
+    for submission in batch:
         mine = []
+        submission_keys = _keys(submission.rows)
         for row, key in zip(submission.rows, submission_keys, strict=True):
             if key not in seen:
                 seen.add(key)

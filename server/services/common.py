@@ -48,7 +48,16 @@ def reports_errors(handler: Handler) -> Handler:
         except grpc.aio.AbortError:
             raise
         except (asyncio.CancelledError, Exception) as exc:
-            await _report(self, context, exc, handler.__name__)
+            error = exc
+        # The call ends out here, holding neither the request nor (for the
+        # errors a caller is meant to meet) the frames that raised: gRPC keeps
+        # an aborted call's exception in a reference cycle until the next
+        # collection, and under overload thousands of refused calls, each
+        # holding a request of up to thousands of events, would wait in it.
+        del request
+        if isinstance(error, errors.ServiceError):
+            error.__traceback__ = None
+        await _report(self, context, error, handler.__name__)
 
     return wrapper  # type: ignore[return-value]
 

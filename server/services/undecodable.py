@@ -160,7 +160,9 @@ def _unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[A
                     f"event rejected: {request.lone_event_reason}",
                 )
             return response
-        return await behavior(request, context)
+        call = behavior(request, context)
+        del request  # held by the call alone (see ``reports_errors``)
+        return await call
 
     return checked
 

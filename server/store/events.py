@@ -14,6 +14,7 @@ them), so that ``AGGREGATE`` adds only what this batch stored to the
 rollups, the daily rows and the sessions: a retried event changes nothing.
 """
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -216,6 +217,8 @@ async def prepare(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.commit()
 
 
+_CAMPAIGN = operator.itemgetter(0, 2)  # an EventRow's (organization_id, campaign_id)
+
 # The NOTIFY channel on which each commit names the campaigns it changed.
 UPDATES_CHANNEL = "campaign_analytics_updates"
 _NOTIFY_LIMIT = 7_900  # bytes; PostgreSQL refuses payloads of 8,000 or more
@@ -228,7 +231,8 @@ def update_notices(rows: Sequence[EventRow]) -> list[str]:
     payloads: list[str] = []
     lines: list[str] = []
     size = 0
-    for line in sorted({f"{row[0]}\t{row[2]}" for row in rows}):
+    for organization_id, campaign_id in sorted(set(map(_CAMPAIGN, rows))):
+        line = f"{organization_id}\t{campaign_id}"
         length = len(line.encode()) + 1
         if lines and size + length > _NOTIFY_LIMIT:
             payloads.append("\n".join(lines))
