@@ -55,12 +55,15 @@ class BodyError(ValueError):
 
 
 class CodecError(ValueError):
-    """A value cannot become a message field; ``field`` is its JSON path (camelCase)."""
+    """A value cannot become a message field; ``field`` is its JSON path
+    (camelCase). ``code`` is the rejection code the server gives for the same
+    mistake in a message, where there is one (``UndecodableEvent.code``)."""
 
-    def __init__(self, field: str, reason: str) -> None:
+    def __init__(self, field: str, reason: str, code: str = "") -> None:
         super().__init__(f"{field}: {reason}" if field else reason)
         self.field = field
         self.reason = reason
+        self.code = code
 
 
 # ---------------------------------------------------------------------------
@@ -276,6 +279,8 @@ _EVENT_TYPES: dict[str, int] = {
 }
 _EVENT_TYPE_PREFIX = _enum_prefix(EventType.DESCRIPTOR).lower()
 _EVENT_TYPE_WORDS = ", ".join(_EVENT_TYPES)
+# The server's code for an event type it does not know (UndecodableEvent.code).
+INVALID_EVENT_TYPE = "invalid_event_type"
 
 _NUMBER_TEXT = re.compile(r"\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*")
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
@@ -298,13 +303,16 @@ def decode_events(items: list[Any]) -> tuple[list[Event], list[UndecodableEvent]
 
 def decode_event(value: Any, index: int = 0) -> Event | UndecodableEvent:
     """An event from its JSON value, or why it cannot be one."""
+    code = ""
     try:
         return _event(value)
     except CodecError as error:
-        field, reason = error.field, error.reason
+        field, reason, code = error.field, error.reason, error.code
     except RecursionError:
         field, reason = "", "nested too deeply"
-    return UndecodableEvent(index=index, field=field, reason=reason, payload=_payload(value))
+    return UndecodableEvent(
+        index=index, field=field, reason=reason, payload=_payload(value), code=code
+    )
 
 
 def _event(value: Any) -> Event:
@@ -416,11 +424,19 @@ def _event_type(value: Any) -> int:
         word = word.removeprefix(_EVENT_TYPE_PREFIX)
         number = _EVENT_TYPES.get(word)
         if number is None:
-            _fail("eventType", f"unknown event type {value!r}; use one of {_EVENT_TYPE_WORDS}")
+            raise CodecError(
+                "eventType",
+                f"unknown event type {value!r}; use one of {_EVENT_TYPE_WORDS}",
+                INVALID_EVENT_TYPE,
+            )
         return number
     if isinstance(value, int) and not isinstance(value, bool):
         if value not in _EVENT_TYPES.values():
-            _fail("eventType", f"unknown event type {value}; use one of {_EVENT_TYPE_WORDS}")
+            raise CodecError(
+                "eventType",
+                f"unknown event type {value}; use one of {_EVENT_TYPE_WORDS}",
+                INVALID_EVENT_TYPE,
+            )
         return value
     _fail("eventType", f'must be a string such as "click", not {_kind(value)}')
 

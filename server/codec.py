@@ -121,12 +121,22 @@ def decode_events(
     return decoded
 
 
+# The codes a front end may give an event it could not decode: those this
+# server gives for the same mistake in an Event (UndecodableEvent.code).
+_UNDECODABLE_CODES = frozenset({"invalid_event_type"})
+
+
 def decode_undecodable(
     items: Sequence[pb.UndecodableEvent], offset: int = 0
 ) -> list[tuple[Rejection, str]]:
     return [
         (
-            Rejection(offset + item.index, item.field, "undecodable", item.reason),
+            Rejection(
+                offset + item.index,
+                item.field,
+                item.code if item.code in _UNDECODABLE_CODES else "undecodable",
+                item.reason,
+            ),
             _truncate_payload_ip(item.payload),
         )
         for item in items

@@ -373,6 +373,10 @@ def test_undecodable_events_say_field_and_reason(
     assert reason_part in result.reason
     assert result.payload  # the JSON text, kept for the dead-letter table
     json.loads(result.payload)
+    # An event type the server does not know gets the code the server gives
+    # it in an Event; everything else is left to "undecodable".
+    unknown_type = "unknown event type" in reason_part
+    assert result.code == ("invalid_event_type" if unknown_type else "")
 
 
 @pytest.mark.parametrize(

@@ -113,7 +113,9 @@ def test_ingest_one_undecodable_event_is_kept_and_refused(
     assert body["details"][0]["fieldViolations"][0]["field"] == "eventType"
     sent = stack.analytics.last("IngestEvents").request
     assert not sent.HasField("event") and not sent.events
-    assert [(u.index, u.field) for u in sent.undecodable_events] == [(0, "eventType")]
+    assert [(u.index, u.field, u.code) for u in sent.undecodable_events] == [
+        (0, "eventType", "invalid_event_type")
+    ]
     assert sent.undecodable_events[0].payload == '{"eventType":"tap"}'
 
 

@@ -419,6 +419,12 @@ def test_rest_bad_json_values_are_rejected_and_kept(
     ]
     assert all(r["reason"] for r in data["rejected"])
     assert "not valid UTF-8" in data["rejected"][11]["reason"]
+    # An unknown event type has the code it has over gRPC; NaN cannot be decoded.
+    codes = {r["field"]: r["code"] for r in data["rejected"]}
+    assert [r["code"] for r in data["rejected"] if r["field"] == "eventType"] == [
+        "invalid_event_type"
+    ] * 2
+    assert codes["value"] == codes["metadata.duration"] == "undecodable"
 
     # Alone, a bad event gets 400 with its reason, and is kept all the same.
     for item, field in bad[:1] + bad[11:12]:
@@ -435,6 +441,8 @@ def test_rest_bad_json_values_are_rejected_and_kept(
 
     stored = dead_letters(database_url, org)
     assert len(stored) == len(bad) + 2
+    # The dead letter keeps the event as sent, unknown word and all.
+    assert any('"hover"' in payload for *_, payload in stored)
     figures.count_stored(database_url, [org])
     figures.report()
     assert (figures.counted, figures.lost, figures.duplicated) == (2, 0, 0)

@@ -108,13 +108,33 @@ def test_undecodable_events_are_dead_lettered_at_their_index(
         undecodable_events=[
             pb.UndecodableEvent(
                 index=1, field="value", reason="value must be a number", payload='{"value": "abc"}'
-            )
+            ),
+            # A front end may name the code the server gives for the same
+            # mistake in an Event; any other code stays "undecodable".
+            pb.UndecodableEvent(
+                index=3,
+                field="eventType",
+                reason="unknown event type 'tap'",
+                payload='{"eventType": "tap"}',
+                code="invalid_event_type",
+            ),
+            pb.UndecodableEvent(
+                index=4, field="", reason="not an object", payload="[]", code="all_good"
+            ),
         ],
     )
     reply = stubs.ingest.IngestEvents(request, metadata=tenant.auth(Role.INGEST))
     assert reply.accepted == 2
-    assert [(r.index, r.field, r.code) for r in reply.rejected] == [(1, "value", "undecodable")]
-    assert dead_letters(database_url, org) == [(1, "value", "undecodable", '{"value": "abc"}')]
+    assert [(r.index, r.field, r.code) for r in reply.rejected] == [
+        (1, "value", "undecodable"),
+        (3, "eventType", "invalid_event_type"),
+        (4, "", "undecodable"),
+    ]
+    assert dead_letters(database_url, org) == [
+        (1, "value", "undecodable", '{"value": "abc"}'),
+        (3, "eventType", "invalid_event_type", '{"eventType": "tap"}'),
+        (4, "", "undecodable", "[]"),
+    ]
 
 
 def test_single_rejected_event_is_an_invalid_argument(stubs: Stubs, tenant: Tenant) -> None:

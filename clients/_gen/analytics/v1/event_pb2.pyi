@@ -233,11 +233,18 @@ class UndecodableEvent(_message.Message):
     FIELD_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     field: _builtins.str
     reason: _builtins.str
     payload: _builtins.str
     """The event as the caller sent it (JSON text)."""
+    code: _builtins.str
+    """The rejection code, where the front end knows the one the server gives
+    for the same mistake in an `Event`: an unknown `eventType` word is
+    `invalid_event_type`, as an unknown enum number is. Empty (or a code the
+    server does not give for undecodable events) means `undecodable`.
+    """
     def __init__(
         self,
         *,
@@ -245,10 +252,11 @@ class UndecodableEvent(_message.Message):
         field: _builtins.str = ...,
         reason: _builtins.str = ...,
         payload: _builtins.str = ...,
+        code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "index", b"index", "payload", b"payload", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field", b"field", "index", b"index", "payload", b"payload", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
