@@ -123,6 +123,8 @@ class AnalyticsServer:
             ),
             max_batch_events=s.max_batch_events,
             payload_of=codec.event_payload,
+            read_row=codec.event_row,
+            decode=codec.decode_event,
             metrics=self.metrics,
         )
         reader = MetricsReader(engine)

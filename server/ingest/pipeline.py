@@ -6,7 +6,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +42,38 @@ class IngestResult:
         return self.accepted + self.duplicates
 
 
+class _Checked:
+    """What checking a call's events found: the rows to write, the events
+    rejected (with their payload) and the running result."""
+
+    __slots__ = ("_payload_of", "dead", "now", "result", "rows", "seen", "undecodable")
+
+    def __init__(
+        self,
+        now: int,
+        undecodable: Sequence[tuple[Rejection, str]],
+        payload_of: Callable[[Any], str],
+    ) -> None:
+        self.now = now
+        self.rows: list[EventRow] = []
+        self.result = IngestResult()
+        self.dead: list[tuple[Rejection, str]] = list(undecodable)
+        self.seen: set[bytes] = set()  # event ids, against repeats within the call
+        self.undecodable = len(undecodable)  # how many
+        self._payload_of = payload_of
+
+    def add(self, event: IncomingEvent, checked: EventRow | Rejection) -> None:
+        if isinstance(checked, Rejection):
+            self.dead.append((checked, self._payload_of(event.source)))
+            return
+        self.result.event_ids[event.index] = event.event_id
+        if checked[1] in self.seen:
+            self.result.duplicates += 1
+            return
+        self.seen.add(checked[1])
+        self.rows.append(checked)
+
+
 @dataclass(slots=True)
 class BufferRefusals:
     """Events refused because the buffer was full, and the current spell."""
@@ -72,6 +104,8 @@ class IngestPipeline:
         limits: Limits,
         max_batch_events: int,
         payload_of: Callable[[Any], str],
+        read_row: Callable[[Any, int, Mapping[str, str | None], Limits], EventRow | None],
+        decode: Callable[[Any, int], IncomingEvent],
         metrics: ServerMetrics | None = None,
     ) -> None:
         self.writer = writer
@@ -80,6 +114,8 @@ class IngestPipeline:
         self.limits = limits
         self.max_batch_events = max_batch_events
         self._payload_of = payload_of
+        self._read_row = read_row
+        self._decode = decode
         self.events_rejected = 0
         self.refusals = BufferRefusals()
         # Events held from before decoding until answered: as many as the
@@ -129,34 +165,84 @@ class IngestPipeline:
         raises ``ResourceExhausted``, or with ``wait_for_room`` is waited out
         (within ``timeout``)."""
         self.check_batch_size(len(events) + len(undecodable))
-        for event in events:
-            if event.organization_id and event.organization_id != principal.organization_id:
-                raise PermissionDenied(
-                    f"the key may not write for organization {event.organization_id!r}"
-                )
-
-        owners = await self.campaigns.owners({e.campaign_id for e in events if e.campaign_id})
-        now = now_us()
-        rows: list[EventRow] = []
-        result = IngestResult()
-        dead: list[tuple[Rejection, str]] = [(r, payload) for r, payload in undecodable]
-        seen: set[bytes] = set()
+        owners = await self._owners(principal, events)
+        checked = _Checked(now_us(), undecodable, self._payload_of)
+        limits = self.limits
 
         def check(part: Sequence[IncomingEvent]) -> None:
             for event in part:
-                checked = validate(event, now, owners, self.limits)
-                if isinstance(checked, Rejection):
-                    dead.append((checked, self._payload_of(event.source)))
-                    continue
-                result.event_ids[event.index] = event.event_id
-                if checked[1] in seen:
-                    result.duplicates += 1
-                    continue
-                seen.add(checked[1])
-                rows.append(checked)
+                checked.add(event, validate(event, checked.now, owners, limits))
 
         await self.turns.run(events, check)
+        return await self._commit(principal, checked, len(events), timeout, wait_for_room)
 
+    async def ingest_messages(
+        self,
+        principal: Principal,
+        messages: Sequence[Any],
+        undecodable: Sequence[tuple[Rejection, str]] = (),
+        *,
+        offset: int = 0,
+        skipped: frozenset[int] = frozenset(),
+        timeout: float | None = None,
+        wait_for_room: bool = False,
+    ) -> IngestResult:
+        """``ingest`` of events as they came (protocol messages), numbered
+        from ``offset`` in request order, leaving out the ``skipped`` indexes
+        (those of ``undecodable``). An event that keeps every rule goes
+        straight from its message to its row (``read_row``); any other is
+        decoded (``decode``) and validated as ``ingest`` does, so that its
+        rejection says why."""
+        self.check_batch_size(len(messages) + len(undecodable))
+        owners = await self._owners(principal, messages)
+        checked = _Checked(now_us(), undecodable, self._payload_of)
+        limits, read_row, decode = self.limits, self._read_row, self._decode
+        rows, seen, event_ids = checked.rows, checked.seen, checked.result.event_ids
+        index = offset
+
+        def check(part: Sequence[Any]) -> None:
+            nonlocal index
+            now = checked.now
+            for message in part:
+                while index in skipped:
+                    index += 1
+                row = read_row(message, now, owners, limits)
+                if row is None:
+                    event = decode(message, index)
+                    checked.add(event, validate(event, now, owners, limits))
+                else:
+                    event_ids[index] = message.event_id
+                    if row[1] in seen:
+                        checked.result.duplicates += 1
+                    else:
+                        seen.add(row[1])
+                        rows.append(row)
+                index += 1
+
+        await self.turns.run(messages, check)
+        return await self._commit(principal, checked, len(messages), timeout, wait_for_room)
+
+    async def _owners(self, principal: Principal, events: Sequence[Any]) -> dict[str, str | None]:
+        """The owner of each campaign the events name; refuses the call when
+        an event names another organization than the caller's."""
+        for organization_id in {event.organization_id for event in events}:
+            if organization_id and organization_id != principal.organization_id:
+                raise PermissionDenied(
+                    f"the key may not write for organization {organization_id!r}"
+                )
+        return await self.campaigns.owners({e.campaign_id for e in events if e.campaign_id})
+
+    async def _commit(
+        self,
+        principal: Principal,
+        checked: "_Checked",
+        count: int,
+        timeout: float | None,
+        wait_for_room: bool,
+    ) -> IngestResult:
+        """Dead-letters the rejected events and commits the rows (``count``
+        events were checked)."""
+        rows, result, dead = checked.rows, checked.result, checked.dead
         if dead:
             dead.sort(key=lambda item: item[0].index)
             await self.dead_letters.record(principal.organization_id, dead)
@@ -168,8 +254,8 @@ class IngestPipeline:
                 log.info(
                     "%d of %d events rejected (%s) for organization %s",
                     len(dead),
-                    len(events) + len(undecodable),
-                    ", ".join(f"{code}: {count}" for code, count in sorted(codes.items())),
+                    count + checked.undecodable,
+                    ", ".join(f"{code}: {n}" for code, n in sorted(codes.items())),
                     principal.organization_id,
                     extra={"organization_id": principal.organization_id, "rejected": dict(codes)},
                 )

@@ -84,7 +84,7 @@ def validate(
             "event_too_large",
             f"event is {event.size} bytes; the limit is {limits.max_event_bytes}",
         )
-    if event.event_type not in _EVENT_TYPES:
+    if event.event_type not in EVENT_TYPE_NUMBERS:
         return _reject(
             event,
             "eventType",
@@ -271,4 +271,4 @@ def _hours(delta: timedelta) -> str:
     return f"{hours:g} hours" if hours < 48 else f"{hours / 24:g} days"
 
 
-_EVENT_TYPES = frozenset(int(t) for t in EventType)
+EVENT_TYPE_NUMBERS = frozenset(int(t) for t in EventType)

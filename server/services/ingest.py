@@ -13,8 +13,6 @@ from server.domain import Rejection, Role
 from server.errors import InvalidArgument, Unavailable
 from server.ingest.admission import Admission
 from server.ingest.pipeline import IngestPipeline, IngestResult
-from server.ingest.turns import Turns
-from server.ingest.validation import IncomingEvent
 from server.services.common import (
     Authenticated,
     campaign_not_found,
@@ -59,12 +57,11 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
         # call is refused at once rather than queued (server.ingest.admission).
         with self._pipeline.admit(count):
             messages = [request.event, *request.events] if has_event else list(request.events)
-            undecodable = frozenset(u.index for u in request.undecodable_events)
-            events = await _decode(self._pipeline.turns, messages, undecodable=undecodable)
-            result = await self._pipeline.ingest(
+            result = await self._pipeline.ingest_messages(
                 principal,
-                events,
+                messages,
                 codec.decode_undecodable(request.undecodable_events),
+                skipped=frozenset(u.index for u in request.undecodable_events),
                 timeout=commit_budget(context),
             )
         if single:
@@ -136,15 +133,21 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
         window = _EventWindow(STREAM_EVENTS_IN_FLIGHT)
 
         async def ingest(
-            events: list[IncomingEvent], undecodable: list[tuple[Rejection, str]]
+            messages: Sequence[pb.Event],
+            undecodable: list[tuple[Rejection, str]],
+            offset: int,
+            skipped: frozenset[int],
+            count: int,
         ) -> None:
             try:
                 # A stream waits for room in a full buffer instead of failing:
                 # while it waits it reads no further, which slows the sender.
-                result = await self._pipeline.ingest(
+                result = await self._pipeline.ingest_messages(
                     principal,
-                    events,
+                    messages,
                     undecodable,
+                    offset=offset,
+                    skipped=skipped,
                     timeout=commit_budget(context),
                     wait_for_room=True,
                 )
@@ -154,7 +157,7 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
             except Exception as exc:
                 failures.append(exc)
             finally:
-                await window.release(len(events))
+                await window.release(count)
 
         offset = batches = taken = 0
         admission = self._pipeline.admission
@@ -174,15 +177,12 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
                 # Room is taken before decoding (server.ingest.admission).
                 await window.acquire(count)
                 await admission.take(count)
-                try:
-                    skipped = frozenset(offset + u.index for u in set_apart)
-                    events = await _decode(self._pipeline.turns, message.events, offset, skipped)
-                except BaseException:
-                    admission.release(count)
-                    raise
+                skipped = frozenset(offset + u.index for u in set_apart)
                 undecodable = codec.decode_undecodable(set_apart, offset)
+                task = asyncio.create_task(
+                    ingest(message.events, undecodable, offset, skipped, count)
+                )
                 offset += count
-                task = asyncio.create_task(ingest(events, undecodable))
                 # A callback, not a finally: it runs even if the task is
                 # cancelled before it starts.
                 task.add_done_callback(functools.partial(_release, admission, count))
@@ -221,23 +221,6 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
             timestamp=codec.now_timestamp(),
             batches=batches,
         )
-
-
-async def _decode(
-    turns: Turns,
-    messages: Sequence[pb.Event],
-    offset: int = 0,
-    undecodable: frozenset[int] = frozenset(),
-) -> list[IncomingEvent]:
-    """``codec.decode_events``, in turns (``server.ingest.turns``)."""
-    decoded: list[IncomingEvent] = []
-
-    def work(part: Sequence[pb.Event]) -> None:
-        start = decoded[-1].index + 1 if decoded else offset
-        decoded.extend(codec.decode_events(part, start, undecodable))
-
-    await turns.run(messages, work)
-    return decoded
 
 
 def _release(admission: Admission, count: int, _task: object) -> None:

@@ -19,6 +19,7 @@ import math
 import re
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,6 +34,7 @@ from reference import Expected, expected_by_campaign
 from support import ServerThread, Stubs, Tenant, make_tenant
 
 from clients import pb
+from server import codec
 from server.domain import EventType, Rejection, Role
 from server.ingest.validation import IncomingEvent, Limits, validate
 from server.metrics.formulas import CampaignMetrics, Totals
@@ -218,6 +220,142 @@ def check_validation(figures: Figures, event: IncomingEvent) -> None:
     assert occurred == (NOW_US if event.occurred_us is None else event.occurred_us)
     assert micros == (None if value is None else round(value * 1_000_000))
     assert session == (event.session_id or None) and row_duration == duration
+
+
+# -- the hot path: a row straight from the message ------------------------------
+
+SECONDS = NOW_US // 1_000_000
+# EventMetadata's text fields, by attribute (the IP address apart: it is
+# truncated, so never taken straight).
+METADATA_TEXTS = ["session_id", "user_agent", "device_type", "location", "show_id", "referrer"]
+
+
+@st.composite
+def valid_messages(draw: st.DrawFn) -> pb.Event:
+    """Events that keep every rule, their values up to the limits."""
+    campaign_id, organization_id = draw(FIELDS["campaign"][0])
+    message = pb.Event(
+        event_id=draw(st.uuids().map(str) | st.uuids().map(lambda u: u.hex.upper())),
+        event_type=draw(st.sampled_from(TYPES)),
+        campaign_id=campaign_id,
+        organization_id=organization_id,
+    )
+    if draw(st.booleans()):
+        message.timestamp.seconds = draw(
+            st.integers(SECONDS - 30 * 86_400 + 1, SECONDS + 24 * 3_600 - 1)
+        )
+        message.timestamp.nanos = draw(st.integers(0, 999_999_999))
+    value = draw(st.none() | st.floats(0, 1e9) | st.sampled_from([0.0, -0.0, 1e9]))
+    if value is not None:
+        message.value = value
+    metadata = message.metadata
+    for name in sorted(draw(st.sets(st.sampled_from(METADATA_TEXTS)))):
+        limit = LIMITS.max_session_id_length if name == "session_id" else LIMITS.max_text_length
+        text = st.text(
+            st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
+            min_size=1,
+            max_size=20,
+        )
+        setattr(metadata, name, draw(text | st.just("é" * limit)))
+    duration = draw(st.none() | st.floats(0, 86_400) | st.just(86_400.0))
+    if duration is not None:
+        metadata.duration = duration
+    if draw(st.booleans()):
+        metadata.position = draw(st.integers(-(2**31), 2**31 - 1))
+    if not draw(st.booleans()) and not metadata.ListFields():
+        message.ClearField("metadata")
+    return message
+
+
+def _set(path: str, value: Any) -> Callable[[pb.Event], None]:
+    def change(message: pb.Event) -> None:
+        *parents, name = path.split(".")
+        target: Any = message
+        for parent in parents:
+            target = getattr(target, parent)
+        setattr(target, name, value)
+
+    return change
+
+
+# Each breaks one rule, just past its limit, or asks for a closer look.
+BREAKAGES: dict[str, Callable[[pb.Event], None]] = {
+    "event type unknown": _set("event_type", 99),
+    "event type unspecified": _set("event_type", 0),
+    "event id not a uuid": _set("event_id", "0192f3a0-5b7c-7d2e-9f10-12345678zzzz"),
+    "event id to assign": _set("event_id", ""),
+    "campaign unknown": _set("campaign_id", "c4"),
+    "campaign absent": _set("campaign_id", ""),
+    "campaign of another organization": _set("organization_id", "o2"),
+    "organization absent": _set("organization_id", ""),
+    "timestamp in the future": _set("timestamp.seconds", SECONDS + 24 * 3_600 + 1),
+    "timestamp too old": _set("timestamp.seconds", SECONDS - 30 * 86_400 - 1),
+    "timestamp not a date": _set("timestamp.nanos", -1),
+    "value negative": _set("value", -0.01),
+    "value too large": _set("value", 1e9 + 1),
+    "value NaN": _set("value", math.nan),
+    "value infinite": _set("value", math.inf),
+    "duration negative": _set("metadata.duration", -0.5),
+    "duration too long": _set("metadata.duration", 86_400.5),
+    "duration NaN": _set("metadata.duration", math.nan),
+    "text too long": _set("metadata.user_agent", "a" * (LIMITS.max_text_length + 1)),
+    "session id too long": _set("metadata.session_id", "s" * (LIMITS.max_session_id_length + 1)),
+    "text holding a NUL": _set("metadata.location", "a\x00b"),
+    "IP address": _set("metadata.ip_address", "203.0.113.7"),
+    "extra keys": lambda m: m.metadata.extra.update({"k": 1}),
+    "event too large": lambda m: m.metadata.extra.update({"pad": "x" * LIMITS.max_event_bytes}),
+    "location making it too large": _set("metadata.location", "x" * LIMITS.max_event_bytes),
+}
+
+
+def test_a_row_read_straight_from_a_message_is_the_row_validation_makes() -> None:
+    taken = check_hot_path()
+    # Every event keeping every rule was read straight, and every breakage was met.
+    assert taken["valid: row"] and not taken["valid: full path"]
+    assert {name for name in BREAKAGES if taken[name]} == set(BREAKAGES)
+
+
+@settings(PROPERTIES, max_examples=600)
+@given(
+    message=valid_messages(),
+    broken=st.lists(st.sampled_from(sorted(BREAKAGES)), max_size=2, unique=True),
+)
+def _check_hot_path(taken: Counter[str], message: pb.Event, broken: list[str]) -> None:
+    for name in broken:
+        BREAKAGES[name](message)
+        taken[name] += 1
+    row = codec.event_row(message, NOW_US, OWNERS, LIMITS)
+    full = validate(codec.decode_event(message, 0), NOW_US, OWNERS, LIMITS)
+    if not broken:
+        # An event keeping every rule is read straight (with nothing to look at closer).
+        taken["valid: row" if row is not None else "valid: full path"] += 1
+        assert row is not None, message
+    if row is not None:
+        assert row == full, (broken, message)
+
+
+def check_hot_path() -> Counter[str]:
+    taken: Counter[str] = Counter()
+    _check_hot_path(taken)
+    return taken
+
+
+def test_the_size_limit_holds_on_the_hot_path() -> None:
+    # Under the default limits no event within the text limits is too large;
+    # the limit is configurable, so the hot path checks it all the same.
+    message = pb.Event(
+        event_id=str(uuid.uuid4()),
+        event_type=pb.EventType.EVENT_TYPE_VIEW,
+        campaign_id="c1",
+        organization_id="o1",
+    )
+    message.metadata.session_id = "s1"
+    message.metadata.duration = 3.5
+    size = message.ByteSize()
+    row = codec.event_row(message, NOW_US, OWNERS, Limits(max_event_bytes=size))
+    assert row is not None
+    assert row == validate(codec.decode_event(message, 0), NOW_US, OWNERS, LIMITS)
+    assert codec.event_row(message, NOW_US, OWNERS, Limits(max_event_bytes=size - 1)) is None
 
 
 # -- the formulas -------------------------------------------------------------
