@@ -218,3 +218,20 @@ def test_characters_and_sizes_postgresql_cannot_hold_are_rejected(
     assert len(stored) == 5
     # The IP address is personal data: kept truncated, in dead letters too.
     assert "203.0.113.0" in stored[-1][3] and "203.0.113.77" not in stored[-1][3]
+
+
+def test_a_long_stream_of_undecodable_events_keeps_flowing(stubs: Stubs, tenant: Tenant) -> None:
+    # A stream holds at most 20,000 events in flight; undecodable ones count
+    # while in flight and are let go with the rest, so a stream of more than
+    # that many never stalls.
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+    bad = [
+        pb.UndecodableEvent(index=i + 1, field="value", reason="not a number", payload="{}")
+        for i in range(2_000)
+    ]
+    messages = [
+        pb.StreamEventsRequest(events=[event("impression", campaign, org)], undecodable_events=bad)
+        for _ in range(12)
+    ]
+    reply = stubs.ingest.StreamEvents(iter(messages), metadata=tenant.auth(Role.INGEST), timeout=60)
+    assert (reply.accepted, reply.batches, len(reply.rejected)) == (12, 12, 24_000)
