@@ -94,18 +94,21 @@ def raw_transport(send: Send) -> Any:
 @dataclass(eq=False)
 class Connection:
     """One SSE response: frames go to its socket transport (``raw_transport``)
-    or else to its ``send``; ``ended`` is set when it is over."""
+    or else to its ``send``; ``ended`` is set when it is over (and ``closed``
+    true: read for every frame, a plain attribute costs less than an Event's
+    method at 10,000 connections)."""
 
     send: Send
     transport: Any = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    closed: bool = False
     backlog: list[bytes] = field(default_factory=list)
     writing: asyncio.Task[None] | None = None
 
     def offer(self, data: bytes, chunked: bytes | None = None) -> None:
         """Writes ``data`` (a frame or several), or queues it; ``chunked`` is
         ``chunk(data)`` when the caller made it already."""
-        if self.ended.is_set():
+        if self.closed:
             return
         transport = self.transport
         if transport is not None:
@@ -140,7 +143,7 @@ class Connection:
     async def _finish(self, pending: Any, waiting: Any) -> None:
         try:
             await _resume(pending, waiting)
-            while self.backlog and not self.ended.is_set():
+            while self.backlog and not self.closed:
                 data = b"".join(self.backlog)
                 self.backlog.clear()
                 await self.send({"type": "http.response.body", "body": data, "more_body": True})
@@ -150,6 +153,7 @@ class Connection:
             self.writing = None
 
     def close(self) -> None:
+        self.closed = True
         self.ended.set()
 
 
