@@ -65,13 +65,16 @@ class _Checked:
     def add(self, event: IncomingEvent, checked: EventRow | Rejection) -> None:
         if isinstance(checked, Rejection):
             self.dead.append((checked, self._payload_of(event.source)))
-            return
-        self.result.event_ids[event.index] = event.event_id
-        if checked[1] in self.seen:
+        else:
+            self.accept(event.index, event.event_id, checked)
+
+    def accept(self, index: int, event_id: str, row: EventRow) -> None:
+        self.result.event_ids[index] = event_id
+        if row[1] in self.seen:  # the same id earlier in the call
             self.result.duplicates += 1
-            return
-        self.seen.add(checked[1])
-        self.rows.append(checked)
+        else:
+            self.seen.add(row[1])
+            self.rows.append(row)
 
 
 @dataclass(slots=True)
@@ -197,7 +200,7 @@ class IngestPipeline:
         owners = await self._owners(principal, messages)
         checked = _Checked(now_us(), undecodable, self._payload_of)
         limits, read_row, decode = self.limits, self._read_row, self._decode
-        rows, seen, event_ids = checked.rows, checked.seen, checked.result.event_ids
+        accept = checked.accept
         index = offset
 
         def check(part: Sequence[Any]) -> None:
@@ -211,12 +214,7 @@ class IngestPipeline:
                     event = decode(message, index)
                     checked.add(event, validate(event, now, owners, limits))
                 else:
-                    event_ids[index] = message.event_id
-                    if row[1] in seen:
-                        checked.result.duplicates += 1
-                    else:
-                        seen.add(row[1])
-                        rows.append(row)
+                    accept(index, message.event_id, row)
                 index += 1
 
         await self.turns.run(messages, check)
