@@ -2,9 +2,10 @@
 
 The rows are those the service's writer stages for the load clients' events:
 the load encoder's protobuf bytes (``loadgen.events``: same organization,
-campaigns, type mix, values, sessions and metadata; UUIDv7 ids), decoded,
-validated and COPY-encoded by the service's own code (``server.codec``,
-``server.ingest.validation``, ``server.store.staging_copy``) outside the timed
+campaigns, type mix, values, sessions and metadata; UUIDv7 ids), read and
+COPY-encoded by the service's own code (``server.codec.event_row``, or for an
+event it does not take straight the full decoding and
+``server.ingest.validation``; ``server.store.staging_copy``) outside the timed
 part. What is timed is PostgreSQL's work for one batch, on one connection as
 the service's writer uses:
 
@@ -36,7 +37,7 @@ import psycopg
 
 from clients import pb
 from loadgen.events import EventEncoder
-from server.codec import decode_events
+from server.codec import decode_event, event_row
 from server.ingest.validation import Limits, now_us, validate
 from server.store import events as event_store
 from server.store.database import libpq_url
@@ -58,7 +59,7 @@ STATEMENTS = ("dedup", "flush")
 
 class ServiceRows:
     """Batches of the rows the service's writer stages for the load clients'
-    events, made by the service's own decoding and validation."""
+    events, read and checked by the service's own code."""
 
     def __init__(self, organization_id: str, campaign_ids: list[str]) -> None:
         self._encoder = EventEncoder(organization_id, campaign_ids, seed=1)
@@ -69,8 +70,10 @@ class ServiceRows:
         request = pb.StreamEventsRequest.FromString(self._encoder.stream_message(count))
         now = now_us()
         rows = []
-        for event in decode_events(request.events):
-            row = validate(event, now, self._owners, self._limits)
+        for index, message in enumerate(request.events):
+            row = event_row(message, now, self._owners, self._limits) or validate(
+                decode_event(message, index), now, self._owners, self._limits
+            )
             if not isinstance(row, tuple):
                 raise RuntimeError(f"the service rejects the bench's event: {row}")
             rows.append(row)

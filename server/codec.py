@@ -1,7 +1,7 @@
 """The one place where the server meets generated code: protocol messages to
 domain values and back. Pure functions, no I/O."""
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -198,22 +198,6 @@ def _decode_metadata(m: pb.EventMetadata) -> tuple[str, float | None, dict[str, 
             for extra_key, extra_value in extra.items():
                 metadata.setdefault(extra_key, extra_value)
     return session_id, duration, metadata, ""
-
-
-def decode_events(
-    messages: Iterable[pb.Event], offset: int = 0, undecodable: frozenset[int] = frozenset()
-) -> list[IncomingEvent]:
-    """Decodes a batch. Events are numbered from ``offset`` in request order,
-    leaving out the ``undecodable`` indexes (taken by events a front end could
-    not decode), so every event keeps its position in what the caller sent."""
-    decoded = []
-    index = offset
-    for message in messages:
-        while index in undecodable:
-            index += 1
-        decoded.append(decode_event(message, index))
-        index += 1
-    return decoded
 
 
 # The codes a front end may give an event it could not decode: those this
