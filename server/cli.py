@@ -243,18 +243,19 @@ def _serve(args: argparse.Namespace) -> None:
     settings = _settings(
         args, host=args.host, grpc_port=args.grpc_port, metrics_port=args.metrics_port
     )
+    # The gateway's port: the flag, else its environment variable, else its default.
+    http_port = args.http_port
+    if http_port is None:
+        http_port = int(os.environ.get("CAMPAIGN_ANALYTICS_PORT", "8080"))
     _check_port_free(settings.host, settings.grpc_port, "gRPC", "--grpc-port")
     _check_port_free(settings.host, settings.metrics_port, "metrics", "--metrics-port")
     if not args.no_gateway:
-        http_port = args.http_port
-        if http_port is None:
-            http_port = int(os.environ.get("CAMPAIGN_ANALYTICS_PORT", "8080"))
         _check_port_free(settings.host, http_port, "REST", "--http-port")
     _use_uvloop()
-    asyncio.run(_serve_async(args, settings))
+    asyncio.run(_serve_async(args, settings, http_port))
 
 
-async def _serve_async(args: argparse.Namespace, settings: ServerSettings) -> None:
+async def _serve_async(args: argparse.Namespace, settings: ServerSettings, http_port: int) -> None:
     url = _database_url(settings)
     server = AnalyticsServer(settings, url)
     gateway: subprocess.Popen[bytes] | None = None
@@ -269,9 +270,6 @@ async def _serve_async(args: argparse.Namespace, settings: ServerSettings) -> No
                 f"Metrics for Prometheus on http://{settings.host}:{server.metrics_port}/metrics",
                 flush=True,
             )
-        http_port = args.http_port
-        if http_port is None:
-            http_port = int(os.environ.get("CAMPAIGN_ANALYTICS_PORT", "8080"))
         if not args.no_gateway:
             gateway = _start_gateway(
                 f"{settings.host}:{port}",
