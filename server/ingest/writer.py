@@ -4,11 +4,15 @@ PostgreSQL by group commit.
 One worker task takes everything buffered and commits it in one transaction
 (``server.store.events.write_batch``). It starts a flush when the buffer
 holds ``flush_threshold`` events, when ``flush_interval`` has passed, or at
-once when a caller is waiting and a connection is free; up to
+once when a caller is waiting and no flush is running. Up to
 ``connections`` flushes run at once, so one batch is copied while PostgreSQL
-works on another. What arrives during a flush waits for the next one, so
-batches grow with load. A caller's ``submit`` returns only after its events
-are committed: acknowledged means durable.
+works on another; but while one runs, the next starts only for a full
+buffer (``flush_threshold`` events): small flushes written side by side
+would each carry half the events for the same cost per flush (with 16
+single-event calls in flight, a second small flush cut throughput by a
+quarter: ``python -m bench.ingest``). What arrives during a flush waits for
+the next one, so batches grow with load. A caller's ``submit`` returns only
+after its events are committed: acknowledged means durable.
 
 The buffer is bounded: past ``capacity`` events (buffered or being written)
 ``submit`` raises ``ResourceExhausted`` at once (or waits for room, if asked)
@@ -212,7 +216,15 @@ class BatchWriter:
             self._wake.set()
 
         while True:
-            if self._pending and free:
+            if (
+                self._pending
+                and free
+                and (
+                    len(free) == self.connections
+                    or self._pending_events >= self.flush_threshold
+                    or self._closing
+                )
+            ):
                 slot = free.pop()
                 task = asyncio.create_task(self._flush(slot, self._take()), name="flush")
                 task.add_done_callback(functools.partial(finished, slot=slot))
@@ -398,6 +410,8 @@ def _connection_fault(exc: BaseException, conn: psycopg.AsyncConnection[Any] | N
     if isinstance(exc, OSError) or conn is None or conn.closed or conn.broken:
         return True
     state = getattr(exc, "sqlstate", None)
+    if state is None and isinstance(exc, psycopg.DataError | psycopg.ProgrammingError):
+        return False  # psycopg itself could not send a value: retrying cannot help
     return state is None or state.startswith("08") or state in _CONNECTION_STATES
 
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg.types.numeric import Int8BinaryDumper
 
 from server.store.schema import COUNTERS, ROLLUP_SUMS
 from server.store.sessions import CompleteSessions
@@ -101,6 +102,10 @@ def _rollup(name: str, table: str, bucket: str) -> str:
         {_add("r", ROLLUP_SUMS)}"""
 
 
+# The NOTIFY channel on which each commit names the campaigns it changed.
+UPDATES_CHANNEL = "campaign_analytics_updates"
+_NOTIFY_LIMIT = 7_900  # bytes; PostgreSQL refuses payloads of 8,000 or more
+
 _CA = "campaign_analytics"
 _STORED = ", ".join(EVENT_COLUMNS)
 
@@ -119,10 +124,14 @@ WHERE e.organization_id = st.organization_id AND e.event_id = st.event_id
 RETURNING st.organization_id, uuid_send(st.event_id)
 """
 
-# Adds what is staged (the events this transaction stored) to the aggregates;
-# answers with the sessions now known to be complete.
-AGGREGATE = f"""
-WITH per_second AS (
+
+def _aggregates(source: str) -> str:
+    """The CTEs that add the events of ``source`` (a relation with the
+    staging columns: the events this flush stored) to the rollups, the
+    daily rows and the sessions. The sessions now known to be complete are
+    those of ``probed`` with ``known_count = 2`` and of ``sessions`` with
+    ``event_count = 2``."""
+    return f"""per_second AS (
     SELECT organization_id, campaign_id, date_trunc('second', occurred_at) AS bucket,
         {_COUNTS_AS},
         coalesce(sum(value_micros) FILTER (WHERE event_type <> 3), 0) AS spent_micros,
@@ -130,7 +139,7 @@ WITH per_second AS (
             AS conversion_value_micros,
         coalesce(sum(duration) FILTER (WHERE event_type = 4), 0) AS view_time_sum,
         count(duration) FILTER (WHERE event_type = 4) AS view_time_count
-    FROM staging_events GROUP BY 1, 2, 3
+    FROM {source} GROUP BY 1, 2, 3
 ), probed AS (
     -- Open sessions seen in this batch, with what is known of them: nothing,
     -- one event, or two or more (complete: nothing about them can change).
@@ -139,7 +148,7 @@ WITH per_second AS (
     SELECT seen.*, known.event_count AS known_count FROM (
         SELECT organization_id, campaign_id, session_id,
                min(occurred_at) AS first_event_at, count(*) AS events
-        FROM staging_events WHERE session_open GROUP BY 1, 2, 3
+        FROM {source} WHERE session_open GROUP BY 1, 2, 3
     ) seen
     LEFT JOIN LATERAL (
         SELECT k.event_count FROM campaign_sessions k
@@ -204,24 +213,73 @@ WITH per_second AS (
         completion_rate = {_ratio("ca", "completions", "views", " * 100.0")},
         skip_rate = {_ratio("ca", "skips", "views", " * 100.0")},
         updated_at = now()
-)
+)"""
+
+
+# Adds what is staged (the events this transaction stored) to the aggregates;
+# answers with the sessions now known to be complete.
+AGGREGATE = f"""
+WITH {_aggregates("staging_events")}
 SELECT organization_id, campaign_id, session_id FROM probed WHERE known_count = 2
 UNION ALL
 SELECT organization_id, campaign_id, session_id FROM sessions WHERE event_count = 2
 """
 
+# A small batch is written by one statement, committed on its own: its rows
+# come as arrays (one per column, sent in binary), no staging table, one
+# round trip. The events it stored (``inserted``) feed the aggregates. It
+# answers one row per fact: a session now known to be complete (1), an event
+# already stored (2), and the count of notifications sent (3).
+WRITE_DIRECT = f"""
+WITH staged AS (
+    SELECT * FROM unnest(
+        %b::text[], %b::bytea[], %b::text[], %b::int2[], %b::int8[], %b::int8[], %b::text[],
+        %b::float8[], %b::text[], %b::bool[]
+    ) AS s(organization_id, event_id, campaign_id, event_type, occurred_us, value_micros,
+           session_id, duration, metadata, session_open)
+), inserted AS (
+    INSERT INTO events ({_STORED}, received_at)
+    SELECT organization_id, encode(event_id, 'hex')::uuid, campaign_id, event_type,
+           timestamptz 'epoch' + occurred_us * interval '1 microsecond', value_micros,
+           session_id, duration, metadata::jsonb, now()
+    FROM staged
+    ON CONFLICT (organization_id, event_id) DO NOTHING
+    RETURNING organization_id, uuid_send(event_id) AS event_id, campaign_id, event_type,
+              occurred_at, value_micros, session_id, duration
+), stored AS (
+    SELECT i.*, s.session_open FROM inserted i JOIN staged s USING (organization_id, event_id)
+), {_aggregates("stored")}
+SELECT 1 AS fact, organization_id, campaign_id, session_id, NULL::bytea AS event_id
+FROM probed WHERE known_count = 2
+UNION ALL
+SELECT 1, organization_id, campaign_id, session_id, NULL FROM sessions WHERE event_count = 2
+UNION ALL
+SELECT 2, organization_id, NULL, NULL, event_id FROM staged s
+WHERE NOT EXISTS (
+    SELECT FROM inserted i WHERE i.organization_id = s.organization_id AND i.event_id = s.event_id)
+UNION ALL
+SELECT 3, NULL, NULL, count(pg_notify('{UPDATES_CHANNEL}', payload))::text, NULL
+FROM unnest(%b::text[]) payload WHERE EXISTS (SELECT FROM inserted)
+"""
+# Up to this many events a flush is written by ``WRITE_DIRECT``, past it by
+# COPY into staging (cheaper for large batches, dearer for small ones: three
+# round trips more and the staging table emptied at each commit).
+DIRECT_WRITE_MAX = 128
+
 
 async def prepare(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Sets up a writer connection: its staging table."""
+    """Sets up a writer connection: autocommit (``WRITE_DIRECT`` commits on
+    its own; the COPY path opens its transaction), integers sent as int8 (so
+    that the direct write's parameter types, hence its prepared statement,
+    never change), generic plans (the direct write's arrays are small
+    whatever their values) and its staging table."""
+    await conn.set_autocommit(True)
+    conn.adapters.register_dumper(int, Int8BinaryDumper)
+    await conn.execute("SET plan_cache_mode TO force_generic_plan")
     await conn.execute(CREATE_STAGING)
-    await conn.commit()
 
 
 _CAMPAIGN = operator.itemgetter(0, 2)  # an EventRow's (organization_id, campaign_id)
-
-# The NOTIFY channel on which each commit names the campaigns it changed.
-UPDATES_CHANNEL = "campaign_analytics_updates"
-_NOTIFY_LIMIT = 7_900  # bytes; PostgreSQL refuses payloads of 8,000 or more
 
 
 def update_notices(rows: Sequence[EventRow]) -> list[str]:
@@ -253,9 +311,57 @@ async def write_batch(
     (organization_id, event_id) of rows that were already stored. The commit
     notifies ``UPDATES_CHANNEL`` of the campaigns it changed. Sessions in
     ``complete_sessions`` are not looked up; those found complete are added
-    to it once committed."""
+    to it once committed. ``conn`` is set up by ``prepare``."""
+    if len(rows) <= DIRECT_WRITE_MAX:
+        return await write_direct(conn, rows, complete_sessions)
     data = encode_rows(rows, complete_sessions)
     return await write_staged(conn, data, rows, complete_sessions)
+
+
+async def write_direct(
+    conn: psycopg.AsyncConnection[Any],
+    rows: Sequence[EventRow],
+    complete_sessions: CompleteSessions,
+) -> list[tuple[str, bytes]]:
+    """``write_batch`` in one statement (``WRITE_DIRECT``), on a connection
+    in autocommit."""
+    organizations, event_ids, campaigns, types, times, values, sessions, durations, metadata = map(
+        list, zip(*rows, strict=True)
+    )
+    parameters = (
+        organizations,
+        event_ids,
+        campaigns,
+        types,
+        times,
+        values,
+        sessions,
+        durations,
+        [None if document is None else document[1:].decode() for document in metadata],
+        [
+            session is not None and (organization, campaign, session) not in complete_sessions
+            for organization, campaign, session in zip(
+                organizations, campaigns, sessions, strict=True
+            )
+        ],
+        update_notices(rows),
+    )
+    async with conn.cursor() as cur:
+        await cur.execute(WRITE_DIRECT, parameters, prepare=True)
+        facts = await cur.fetchall()
+    complete_sessions.add(
+        (organization, campaign, session)
+        for fact, organization, campaign, session, _ in facts
+        if fact == _COMPLETE
+    )
+    return [
+        (organization, event_id)
+        for fact, organization, _, _, event_id in facts
+        if fact == _STORED_BEFORE
+    ]
+
+
+_COMPLETE, _STORED_BEFORE = 1, 2  # WRITE_DIRECT's facts
 
 
 async def write_staged(

@@ -4,9 +4,11 @@ same as when every session is looked up, whichever writer knew what."""
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pytest
 import uuid_utils
 
 from server.ingest.validation import now_us
@@ -14,6 +16,7 @@ from server.store import events as event_store
 from server.store.database import libpq_url
 from server.store.events import EventRow
 from server.store.sessions import CompleteSessions
+from server.store.staging_copy import encode_rows
 
 IMPRESSION = 1
 
@@ -23,10 +26,23 @@ def _row(org: str, campaign: str, session: str | None, event_id: bytes | None = 
             2_000, session, None, None)  # fmt: skip
 
 
-async def _write(url: str, rows: list[EventRow], known: CompleteSessions) -> list[Any]:
-    async with await psycopg.AsyncConnection.connect(libpq_url(url)) as conn:
-        await event_store.prepare(conn)
-        return await event_store.write_batch(conn, rows, known)
+Write = Callable[[list[EventRow], CompleteSessions], list[Any]]
+
+
+@pytest.fixture(params=["direct", "staged"])
+def write(request: pytest.FixtureRequest, database_url: str) -> Write:
+    """Writes a flush one of the two ways (``server.store.events``): in one
+    statement, or through the staging table; returns the duplicates."""
+
+    async def flush(rows: list[EventRow], known: CompleteSessions) -> list[Any]:
+        async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
+            await event_store.prepare(conn)
+            if request.param == "staged":
+                data = encode_rows(rows, known)
+                return await event_store.write_staged(conn, data, rows, known)
+            return await event_store.write_direct(conn, rows, known)
+
+    return lambda rows, known: asyncio.run(flush(rows, known))
 
 
 def _stored(url: str, org: str) -> tuple[dict[str, int], tuple[int, int, int]]:
@@ -47,17 +63,17 @@ def _stored(url: str, org: str) -> tuple[dict[str, int], tuple[int, int, int]]:
     return counts, tuple(int(t or 0) for t in totals)  # type: ignore[return-value]
 
 
-def test_flushes_learn_complete_sessions_and_skip_them(database_url: str) -> None:
+def test_flushes_learn_complete_sessions_and_skip_them(database_url: str, write: Write) -> None:
     org, campaign = f"org_{uuid.uuid4().hex[:8]}", "c1"
     known = CompleteSessions()
     # x: one event (a bounce so far); y: two at once (complete).
-    asyncio.run(_write(database_url, [_row(org, campaign, "x"), _row(org, campaign, "y"),
-                                      _row(org, campaign, "y")], known))  # fmt: skip
+    write([_row(org, campaign, "x"), _row(org, campaign, "y"),
+                                      _row(org, campaign, "y")], known)  # fmt: skip
     assert (org, campaign, "y") in known and (org, campaign, "x") not in known
     assert _stored(database_url, org) == ({"x": 1, "y": 2}, (2, 1, 3))
 
     # x's second event completes it; y's third is skipped (staged as not open).
-    asyncio.run(_write(database_url, [_row(org, campaign, "x"), _row(org, campaign, "y")], known))
+    write([_row(org, campaign, "x"), _row(org, campaign, "y")], known)
     assert (org, campaign, "x") in known
     assert _stored(database_url, org) == ({"x": 2, "y": 2}, (2, 0, 5))
 
@@ -65,20 +81,20 @@ def test_flushes_learn_complete_sessions_and_skip_them(database_url: str) -> Non
     # both, and changes nothing either; a new session z counts.
     other = CompleteSessions()
     rows = [_row(org, campaign, "x"), _row(org, campaign, "y"), _row(org, campaign, "z")]
-    asyncio.run(_write(database_url, rows, other))
+    write(rows, other)
     assert {(org, campaign, "x"), (org, campaign, "y")} <= set(other)
     assert (org, campaign, "z") not in other
     assert _stored(database_url, org) == ({"x": 2, "y": 2, "z": 1}, (3, 1, 8))
 
 
-def test_a_batch_with_stored_events_adds_only_the_new_ones(database_url: str) -> None:
+def test_a_batch_with_stored_events_adds_only_the_new_ones(database_url: str, write: Write) -> None:
     org, campaign = f"org_{uuid.uuid4().hex[:8]}", "c1"
     known = CompleteSessions()
     first = _row(org, campaign, "a")
-    asyncio.run(_write(database_url, [first], known))
+    write([first], known)
     # The retried event (same id) is a duplicate: session a keeps one event,
     # and only the new event (session b) is counted.
-    duplicates = asyncio.run(_write(database_url, [first, _row(org, campaign, "b")], known))
+    duplicates = write([first, _row(org, campaign, "b")], known)
     assert duplicates == [(org, first[1])]
     assert _stored(database_url, org) == ({"a": 1, "b": 1}, (2, 2, 2))
     assert len(known) == 0
