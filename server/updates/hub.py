@@ -165,6 +165,10 @@ class UpdateHub:
             if subscriptions
         }
 
+    def follows_organization(self, organization_id: str) -> bool:
+        """Whether anyone follows the organization or one of its campaigns."""
+        return bool(self._by_organization.get(organization_id))
+
     def windows(self, organization_id: str, campaign_id: str) -> set[int]:
         """The windows in which someone follows this campaign (empty: nobody)."""
         return {

@@ -67,9 +67,11 @@ class UpdatePublisher:
 
     def mark(self, campaigns: Iterable[Campaign]) -> None:
         """Notes campaigns whose numbers changed."""
+        dirty = len(self._dirty)
         for campaign in campaigns:
             self._dirty[campaign] = None
-        self._wake.set()
+        if len(self._dirty) > dirty:
+            self._wake.set()
 
     async def _listen(self) -> None:
         delay = 0.1
@@ -86,8 +88,11 @@ class UpdatePublisher:
                         # Commits made while nobody listened went unheard.
                         self._catching_up = asyncio.create_task(self._catch_up())
                     lost = True
+                    follows = self._hub.follows_organization
                     async for note in conn.notifies():
-                        self.mark(_parse(note.payload))
+                        # Campaigns of organizations nobody here follows
+                        # need no snapshot (a new subscription reads its own).
+                        self.mark(c for c in _parse(note.payload) if follows(c[0]))
             except (psycopg.Error, OSError) as exc:
                 self.listening.clear()
                 log.warning("live updates paused, PostgreSQL unreachable: %s", exc)
