@@ -110,6 +110,7 @@ class AnalyticsServer:
             capacity=s.buffer_capacity,
             max_flush_events=s.max_flush_events,
             connections=s.writer_connections,
+            commit_delay=s.commit_delay_ms / 1000,
             metrics=self.metrics,
         )
         pipeline = IngestPipeline(

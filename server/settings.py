@@ -29,6 +29,12 @@ class ServerSettings(BaseSettings):
     )
     max_flush_events: int = Field(20_000, ge=1, description="Most events in one transaction.")
     writer_connections: int = Field(2, ge=1, le=16, description="Flushes written at once.")
+    commit_delay_ms: float = Field(
+        1.0,
+        ge=0,
+        le=1000,
+        description="How long a small flush with several callers waits for more (0: never).",
+    )
     max_batch_events: int = Field(5_000, ge=1, description="Most events in one request.")
     max_event_bytes: int = Field(32 * 1024, ge=256, description="Largest event, in bytes.")
     max_future_seconds: int = Field(24 * 3600, description="How far ahead a timestamp may be.")

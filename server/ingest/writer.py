@@ -11,8 +11,14 @@ buffer (``flush_threshold`` events): small flushes written side by side
 would each carry half the events for the same cost per flush (with 16
 single-event calls in flight, a second small flush cut throughput by a
 quarter: ``python -m bench.ingest``). What arrives during a flush waits for
-the next one, so batches grow with load. A caller's ``submit`` returns only
-after its events are committed: acknowledged means durable.
+the next one, so batches grow with load. And as PostgreSQL's
+``commit_delay`` does, a small flush that already has company (at least
+``COMMIT_SIBLINGS`` callers waiting) waits ``commit_delay`` for more before
+it starts: a lone caller is never delayed, while many small callers share
+fewer, larger flushes (16 single-event calls in flight: 1.5 to 2 times as
+many events per flush and about a quarter more calls per second, at a
+lower median latency). A caller's ``submit`` returns only after its events
+are committed: acknowledged means durable.
 
 The buffer is bounded: past ``capacity`` events (buffered or being written)
 ``submit`` raises ``ResourceExhausted`` at once (or waits for room, if asked)
@@ -46,6 +52,10 @@ from server.store.events import EventRow
 from server.store.sessions import CompleteSessions
 
 log = logging.getLogger(__name__)
+
+
+# Callers waiting, at least, for a small flush to wait ``commit_delay`` for more.
+COMMIT_SIBLINGS = 2
 
 
 @dataclass(slots=True)
@@ -89,6 +99,7 @@ class BatchWriter:
         capacity: int = 100_000,
         max_flush_events: int = 20_000,
         connections: int = 2,
+        commit_delay: float = 0.001,
         metrics: ServerMetrics | None = None,
     ) -> None:
         self._url = database_url
@@ -97,6 +108,7 @@ class BatchWriter:
         self.capacity = capacity
         self.max_flush_events = max_flush_events
         self.connections = connections
+        self.commit_delay = commit_delay
         self._pending: list[_Submission] = []
         self._pending_events = 0
         self._in_flight_events = 0
@@ -215,6 +227,7 @@ class BatchWriter:
             self._flushed = asyncio.Event()
             self._wake.set()
 
+        delayed = False
         while True:
             if (
                 self._pending
@@ -225,6 +238,11 @@ class BatchWriter:
                     or self._closing
                 )
             ):
+                if not delayed and self._worth_delaying():
+                    delayed = True
+                    await asyncio.sleep(self.commit_delay)
+                    continue
+                delayed = False
                 slot = free.pop()
                 task = asyncio.create_task(self._flush(slot, self._take()), name="flush")
                 task.add_done_callback(functools.partial(finished, slot=slot))
@@ -235,6 +253,17 @@ class BatchWriter:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval)
             self._wake.clear()
+
+    def _worth_delaying(self) -> bool:
+        """Whether the next flush should wait ``commit_delay`` for company:
+        it would be small, and other callers are waiting with it."""
+        return (
+            self.commit_delay > 0
+            and not self._closing
+            and not self._flushes
+            and len(self._pending) >= COMMIT_SIBLINGS
+            and self._pending_events < self.flush_threshold
+        )
 
     def _take(self) -> list[_Submission]:
         """Takes whole submissions, up to ``max_flush_events`` (at least one)."""

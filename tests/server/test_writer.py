@@ -1,5 +1,6 @@
 """The writer against a real PostgreSQL: what PostgreSQL refuses fails only
-the submission that carried it, and the writer goes on."""
+the submission that carried it, and the writer goes on; small flushes with
+several callers wait for company, a lone caller never waits."""
 
 import asyncio
 
@@ -9,6 +10,8 @@ from support import ServerThread, make_tenant
 
 from server.errors import InvalidArgument
 from server.ingest.validation import now_us
+from server.ingest.writer import BatchWriter, WriterStats
+from server.store.database import libpq_url
 
 
 def test_a_refused_row_fails_only_its_own_submission(analytics_server: ServerThread) -> None:
@@ -40,3 +43,61 @@ def test_the_buffer_refuses_what_it_cannot_hold(analytics_server: ServerThread) 
     rows = [("o", uuid_utils.uuid7().bytes, "c", 1, now_us(), None, None, None, None)]
     with pytest.raises(Exception, match="buffer is full"):
         analytics_server.call(writer.submit(rows * (writer.capacity + 1)))
+
+
+def _rows(org: str, campaign: str, count: int = 1) -> list[tuple]:  # type: ignore[type-arg]
+    return [
+        (org, uuid_utils.uuid7().bytes, campaign, 1, now_us(), None, None, None, None)
+        for _ in range(count)
+    ]
+
+
+def test_a_small_flush_with_company_waits_for_more(
+    analytics_server: ServerThread, database_url: str
+) -> None:
+    """Two callers waiting together make the flush wait ``commit_delay``: a
+    third caller arriving meanwhile is written in the same flush."""
+    tenant = make_tenant(analytics_server, campaigns=1)
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+
+    async def run() -> WriterStats:
+        writer = BatchWriter(libpq_url(database_url), commit_delay=2.0)
+        await writer.start()
+        try:
+            together = asyncio.gather(
+                writer.submit(_rows(org, campaign)), writer.submit(_rows(org, campaign))
+            )
+            await asyncio.sleep(0.05)  # well within the delay
+            assert writer.stats.flushes == 0
+            await asyncio.gather(together, writer.submit(_rows(org, campaign)))
+            return writer.stats
+        finally:
+            await writer.shutdown(10)
+
+    stats = asyncio.run(run())
+    assert (stats.flushes, stats.last_flush_events, stats.events_accepted) == (1, 3, 3)
+
+
+def test_a_lone_caller_is_never_delayed(analytics_server: ServerThread, database_url: str) -> None:
+    """With a commit delay far longer than the test may run, a lone caller's
+    flush starts at once; so does a large one's, whoever waits with it."""
+    tenant = make_tenant(analytics_server, campaigns=1)
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+
+    async def run() -> WriterStats:
+        writer = BatchWriter(libpq_url(database_url), flush_threshold=10, commit_delay=3600)
+        await writer.start()
+        try:
+            await asyncio.wait_for(writer.submit(_rows(org, campaign)), 60)
+            await asyncio.wait_for(
+                asyncio.gather(
+                    writer.submit(_rows(org, campaign, 10)), writer.submit(_rows(org, campaign))
+                ),
+                60,
+            )
+            return writer.stats
+        finally:
+            await writer.shutdown(10)
+
+    stats = asyncio.run(run())
+    assert stats.events_accepted == 12 and stats.flushes == 2
