@@ -3,8 +3,9 @@ PostgreSQL by group commit.
 
 One worker task takes everything buffered and commits it in one transaction
 (``server.store.events.write_batch``). It starts a flush when the buffer
-holds ``flush_threshold`` events, when ``flush_interval`` has passed, or at
-once when a caller is waiting and no flush is running. Up to
+holds ``flush_threshold`` events, when ``flush_interval`` has passed (once
+no flush is running), or at once when a caller is waiting and no flush is
+running. Up to
 ``connections`` flushes run at once, so one batch is copied while PostgreSQL
 works on another; but while one runs, the next starts only for a full
 buffer (``flush_threshold`` events): small flushes written side by side
@@ -115,6 +116,7 @@ class BatchWriter:
         self._wake = asyncio.Event()
         self._flushed = asyncio.Event()
         self._closing = False
+        self._delay: asyncio.Future[None] | None = None  # a commit delay under way
         self._conns: dict[int, psycopg.AsyncConnection[Any]] = {}
         self._worker: asyncio.Task[None] | None = None
         self._flushes: set[asyncio.Task[None]] = set()
@@ -154,6 +156,7 @@ class BatchWriter:
         ``timeout`` seconds; returns whether everything was committed."""
         self._closing = True
         self._wake.set()
+        _end_delay(self._delay)
         drained = True
         if self._worker is not None:
             try:
@@ -199,6 +202,8 @@ class BatchWriter:
         self._pending_events += len(rows)
         if wait or self._pending_events >= self.flush_threshold:
             self._wake.set()
+            if self._pending_events >= self.flush_threshold:
+                _end_delay(self._delay)
         if not wait:
             done.add_done_callback(_consume_exception)
             return 0
@@ -240,7 +245,7 @@ class BatchWriter:
             ):
                 if not delayed and self._worth_delaying():
                     delayed = True
-                    await asyncio.sleep(self.commit_delay)
+                    await self._commit_delay()
                     continue
                 delayed = False
                 slot = free.pop()
@@ -265,6 +270,17 @@ class BatchWriter:
             and self._pending_events < self.flush_threshold
         )
 
+    async def _commit_delay(self) -> None:
+        """Waits ``commit_delay``, or less: a full buffer or shutdown ends the wait."""
+        loop = asyncio.get_running_loop()
+        self._delay = delay = loop.create_future()
+        timer = loop.call_later(self.commit_delay, _end_delay, delay)
+        try:
+            await delay
+        finally:
+            timer.cancel()
+            self._delay = None
+
     def _take(self) -> list[_Submission]:
         """Takes whole submissions, up to ``max_flush_events`` (at least one)."""
         taken: list[_Submission] = []
@@ -283,7 +299,14 @@ class BatchWriter:
         try:
             await self._write(slot, batch)
         except asyncio.CancelledError:
-            _fail(batch, Unavailable("the server stopped before these events were committed"))
+            _fail(
+                batch,
+                Unavailable(
+                    "the server stopped while these events were being written: they may or may "
+                    "not be stored; send them again with the same eventIds (stored ones count "
+                    "as duplicates)"
+                ),
+            )
             raise
         finally:
             self._in_flight_events -= sum(len(submission.rows) for submission in batch)
@@ -449,6 +472,11 @@ def _fail(batch: list[_Submission], error: BaseException) -> None:
         if not submission.done.done():
             submission.done.set_exception(error)
             submission.done.add_done_callback(_consume_exception)
+
+
+def _end_delay(delay: asyncio.Future[None] | None) -> None:
+    if delay is not None and not delay.done():
+        delay.set_result(None)
 
 
 def _consume_exception(future: asyncio.Future[int]) -> None:

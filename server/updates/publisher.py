@@ -65,6 +65,12 @@ class UpdatePublisher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def heard(self, payload: str) -> None:
+        """A commit's NOTIFY: marks the campaigns it names of the
+        organizations someone here follows (the others need no snapshot)."""
+        follows = self._hub.follows_organization
+        self.mark(campaign for campaign in _parse(payload) if follows(campaign[0]))
+
     def mark(self, campaigns: Iterable[Campaign]) -> None:
         """Notes campaigns whose numbers changed."""
         dirty = len(self._dirty)
@@ -88,11 +94,8 @@ class UpdatePublisher:
                         # Commits made while nobody listened went unheard.
                         self._catching_up = asyncio.create_task(self._catch_up())
                     lost = True
-                    follows = self._hub.follows_organization
                     async for note in conn.notifies():
-                        # Campaigns of organizations nobody here follows
-                        # need no snapshot (a new subscription reads its own).
-                        self.mark(c for c in _parse(note.payload) if follows(c[0]))
+                        self.heard(note.payload)
             except (psycopg.Error, OSError) as exc:
                 self.listening.clear()
                 log.warning("live updates paused, PostgreSQL unreachable: %s", exc)

@@ -3,14 +3,16 @@ the submission that carried it, and the writer goes on; small flushes with
 several callers wait for company, a lone caller never waits."""
 
 import asyncio
+from typing import Any
 
+import psycopg
 import pytest
 import uuid_utils
 from support import ServerThread, make_tenant
 
 from server.errors import InvalidArgument
 from server.ingest.validation import now_us
-from server.ingest.writer import BatchWriter, WriterStats
+from server.ingest.writer import BatchWriter, WriterStats, _connection_fault
 from server.store.database import libpq_url
 
 
@@ -101,3 +103,48 @@ def test_a_lone_caller_is_never_delayed(analytics_server: ServerThread, database
 
     stats = asyncio.run(run())
     assert stats.events_accepted == 12 and stats.flushes == 2
+
+
+def test_shutdown_and_a_full_buffer_end_a_commit_delay(
+    analytics_server: ServerThread, database_url: str
+) -> None:
+    """A commit delay far longer than the test may run: a full buffer ends
+    it (one flush holds all), and so does shutdown (everything is committed)."""
+    tenant = make_tenant(analytics_server, campaigns=1)
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+
+    async def run() -> tuple[WriterStats, bool, bool]:
+        writer = BatchWriter(libpq_url(database_url), flush_threshold=10, commit_delay=3600)
+        await writer.start()
+        try:
+            small = [asyncio.ensure_future(writer.submit(_rows(org, campaign))) for _ in range(2)]
+            await asyncio.sleep(0.05)  # the flush is waiting for company
+            await asyncio.wait_for(
+                asyncio.gather(*small, writer.submit(_rows(org, campaign, 8))), 60
+            )
+            first = writer.stats.flushes == 1 and writer.stats.last_flush_events == 10
+            waiting = [asyncio.ensure_future(writer.submit(_rows(org, campaign))) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            drained = await writer.shutdown(60)
+            await asyncio.gather(*waiting)
+            return writer.stats, first, drained
+        finally:
+            await writer.shutdown(10)
+
+    stats, first, drained = asyncio.run(run())
+    assert first and drained
+    assert (stats.flushes, stats.events_accepted) == (2, 12)
+
+
+def test_a_value_psycopg_cannot_send_is_no_lost_connection() -> None:
+    """Raised before anything reached PostgreSQL (no SQLSTATE): retrying
+    cannot help, so the writer fails the batch instead of retrying forever."""
+
+    class Open:
+        closed = broken = False
+
+    conn: Any = Open()
+    assert not _connection_fault(psycopg.DataError("cannot dump"), conn)
+    assert not _connection_fault(psycopg.ProgrammingError("wrong parameters"), conn)
+    assert _connection_fault(psycopg.OperationalError("server closed the connection"), conn)
+    assert _connection_fault(OSError("connection reset"), conn)
