@@ -46,14 +46,6 @@ from server.store.sessions import CompleteSessions
 from server.store.staging_copy import encode_rows
 
 SCHEMA = "bench_ceiling"
-TABLES = (
-    "events",
-    "campaign_rollups",
-    "campaign_rollups_minute",
-    "campaign_rollups_hour",
-    "campaign_analytics",
-    "campaign_sessions",
-)
 STATEMENTS = ("dedup", "flush")
 
 
@@ -170,6 +162,6 @@ async def measure_async(
 async def _fresh_tables(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
     await conn.execute(f"CREATE SCHEMA {SCHEMA}")
-    for table in TABLES:
+    for table in event_store.FLUSH_TABLES:
         await conn.execute(f"CREATE TABLE {SCHEMA}.{table} (LIKE public.{table} INCLUDING ALL)")
     await conn.commit()

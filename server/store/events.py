@@ -47,6 +47,15 @@ EVENT_COLUMNS = (
     "duration",
     "metadata",
 )
+# The tables a flush writes.
+FLUSH_TABLES = (
+    "events",
+    "campaign_rollups",
+    "campaign_rollups_minute",
+    "campaign_rollups_hour",
+    "campaign_analytics",
+    "campaign_sessions",
+)
 # Staged with them: whether the event's session may still change
 # (``server.store.sessions``).
 STAGING_COLUMNS = (*EVENT_COLUMNS, "session_open")

@@ -23,14 +23,6 @@ from server.store.events import EventRow
 from server.store.sessions import CompleteSessions
 from server.store.staging_copy import encode_rows, jsonb
 
-TABLES = (
-    "events",
-    "campaign_rollups",
-    "campaign_rollups_minute",
-    "campaign_rollups_hour",
-    "campaign_analytics",
-    "campaign_sessions",
-)
 # Columns that say when a row was written, not what it holds.
 WRITTEN_AT = ("received_at", "updated_at")
 
@@ -89,7 +81,7 @@ def _stored(url: str, organization: str) -> dict[str, list[str]]:
     """Every row of the organization in each table, as JSON, sorted."""
     stored = {}
     with psycopg.connect(libpq_url(url)) as conn:
-        for table in TABLES:
+        for table in event_store.FLUSH_TABLES:
             rows = conn.execute(
                 f"SELECT to_jsonb(t) - 'organization_id' - %s::text[] FROM {table} t "
                 "WHERE organization_id = %s",
@@ -116,7 +108,7 @@ def test_both_write_paths_store_the_same(database_url: str) -> None:
     assert direct[7] == sorted(row[1] for row in first[100:228])
     direct_rows, staged_rows = _stored(database_url, direct_org), _stored(database_url, staged_org)
     assert len(direct_rows["events"]) == 500
-    for table in TABLES:
+    for table in event_store.FLUSH_TABLES:
         assert direct_rows[table], table
         assert direct_rows[table] == staged_rows[table], table
 
