@@ -19,7 +19,12 @@ class ServiceError(Exception):
 
 
 class InvalidArgument(ServiceError):
-    pass
+    """``field`` names the request field at fault, when one is: callers get
+    it as a ``google.rpc.BadRequest`` field violation (REST: ``details``)."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class Unauthenticated(ServiceError):

@@ -52,7 +52,8 @@ class TrendRange:
         seconds = seconds or DEFAULT_RANGE
         if not 1 <= seconds <= MAX_RANGE:
             raise InvalidArgument(
-                f"timeWindow must be between 1 and {MAX_RANGE:,} seconds (400 days); got {seconds}"
+                f"timeWindow must be between 1 and {MAX_RANGE:,} seconds (400 days); got {seconds}",
+                "timeWindow",
             )
         if step == 0:
             step = next(
@@ -61,12 +62,17 @@ class TrendRange:
             )
         if not 1 <= step <= seconds:
             raise InvalidArgument(
-                f"step must be between 1 second and the timeWindow ({seconds} s); got {step}"
+                f"step must be between 1 second and the timeWindow ({seconds} s); got {step}",
+                "step",
             )
         if step >= 3600 and step % 3600:
-            raise InvalidArgument(f"a step of an hour or more must be whole hours; got {step} s")
+            raise InvalidArgument(
+                f"a step of an hour or more must be whole hours; got {step} s", "step"
+            )
         if step >= 60 and step % 60:
-            raise InvalidArgument(f"a step of a minute or more must be whole minutes; got {step} s")
+            raise InvalidArgument(
+                f"a step of a minute or more must be whole minutes; got {step} s", "step"
+            )
         points = math.ceil(seconds / step)
         if points > MAX_POINTS:
             raise InvalidArgument(

@@ -20,7 +20,8 @@ class Window:
             seconds = DEFAULT_WINDOW
         if not 1 <= seconds <= MAX_WINDOW:
             raise InvalidArgument(
-                f"timeWindow must be between 1 and {MAX_WINDOW} seconds (31 days); got {seconds}"
+                f"timeWindow must be between 1 and {MAX_WINDOW} seconds (31 days); got {seconds}",
+                "timeWindow",
             )
         return cls(seconds, datetime.now(UTC))
 

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
 import grpc
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.rpc import error_details_pb2, status_pb2
 
 from server import errors
 from server.auth import KeyStore
@@ -103,10 +105,13 @@ async def abort(context: grpc.aio.ServicerContext, exc: Exception, call: str) ->
     database into UNAVAILABLE, and hides anything else behind INTERNAL."""
     if isinstance(exc, errors.ServiceError):
         code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL)
-        trailers: tuple[tuple[str, str], ...] = ()
+        trailers: tuple[tuple[str, str | bytes], ...] = ()
         retry_after = getattr(exc, "retry_after", None)
         if retry_after is not None:
             trailers = (("retry-after", str(max(1, round(retry_after)))),)
+        field = getattr(exc, "field", "")
+        if field:
+            trailers = (("grpc-status-details-bin", _bad_request(code, exc.message, field)),)
         await context.abort(code, exc.message, trailing_metadata=trailers)
     if isinstance(exc, DATABASE_UNREACHABLE):
         log.warning("%s: PostgreSQL unreachable: %s", call, exc)
@@ -117,6 +122,21 @@ async def abort(context: grpc.aio.ServicerContext, exc: Exception, call: str) ->
         )
     log.error("%s failed", call, exc_info=exc)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server logged the cause")
+
+
+def _bad_request(code: grpc.StatusCode, message: str, field: str) -> bytes:
+    """A rich status (``google.rpc.Status``) naming ``field`` as the one at
+    fault, as grpc-gateway and the REST gateway read it."""
+    details = AnyMessage()
+    details.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+            ]
+        )
+    )
+    status = status_pb2.Status(code=code.value[0], message=message, details=[details])
+    return status.SerializeToString()
 
 
 class Authenticated:

@@ -91,12 +91,15 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
             undecodable = codec.decode_undecodable([request.undecodable_event])
             with self._pipeline.admit(1):
                 await self._pipeline.ingest(principal, [], undecodable)
-            raise InvalidArgument(f"event rejected: {request.undecodable_event.reason}")
+            lone = request.undecodable_event
+            raise InvalidArgument(f"event rejected: {lone.reason}", lone.field)
         event = pb.Event()
         event.CopyFrom(request.event)
         if event.campaign_id and event.campaign_id != campaign_id:
             raise InvalidArgument(
-                f"the event names campaign {event.campaign_id!r} but the path names {campaign_id!r}"
+                f"the event names campaign {event.campaign_id!r} but the path names "
+                f"{campaign_id!r}",
+                "campaignId",
             )
         event.campaign_id = campaign_id
         if not event.organization_id:
@@ -292,4 +295,4 @@ def _raise_if_rejected(result: IngestResult) -> None:
     if result.rejected:
         rejection = result.rejected[0]
         where = f" ({rejection.field})" if rejection.field else ""
-        raise InvalidArgument(f"event rejected{where}: {rejection.reason}")
+        raise InvalidArgument(f"event rejected{where}: {rejection.reason}", rejection.field)

@@ -104,7 +104,7 @@ class MetricsServicer(Authenticated, pb.MetricsServiceServicer):
     ) -> pb.GetDashboardResponse:
         principal = await self.caller(context, Role.READ)
         if not request.organization_id:
-            raise InvalidArgument("organizationId is required")
+            raise InvalidArgument("organizationId is required", "organizationId")
         organization_id = same_organization(principal, request.organization_id)
         window = Window.ending_now(request.time_window)
         dashboard = await self._reader.dashboard(organization_id, window)

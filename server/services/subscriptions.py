@@ -51,7 +51,7 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
     ) -> pb.CreateSubscriptionResponse:
         principal = await self.caller(context, Role.READ)
         if not request.organization_id:
-            raise InvalidArgument("organizationId is required")
+            raise InvalidArgument("organizationId is required", "organizationId")
         organization_id = same_organization(principal, request.organization_id)
         campaign_ids = await self._followed(organization_id, list(request.campaign_ids))
         window = Window.ending_now(request.time_window)
@@ -164,7 +164,7 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
         carries it needs no key (a browser's EventSource cannot send one); a
         call that carries a key too must be of the subscription's organization."""
         if not subscription_id:
-            raise InvalidArgument("subscriptionId is required")
+            raise InvalidArgument("subscriptionId is required", "subscriptionId")
         if authorization(context) is None:
             return self._hub.find(subscription_id)
         principal = await self.caller(context, Role.READ, stream=stream)

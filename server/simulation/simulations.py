@@ -89,7 +89,8 @@ def options(given: Mapping[str, float | int]) -> Options:
     chosen = dataclasses.replace(Options(), **given)  # type: ignore[arg-type]
 
     def bad(name: str, rule: str) -> InvalidArgument:
-        return InvalidArgument(f"options.{_JSON_NAMES[name]} {rule}")
+        field = f"options.{_JSON_NAMES[name]}"
+        return InvalidArgument(f"{field} {rule}", field)
 
     for name in (
         "events_per_minute",

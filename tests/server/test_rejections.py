@@ -6,8 +6,10 @@ import math
 from datetime import UTC, datetime, timedelta
 
 import grpc
+import httpx
 import psycopg
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from support import Stubs, Tenant, event
 
 from clients import pb
@@ -145,6 +147,47 @@ def test_single_rejected_event_is_an_invalid_argument(stubs: Stubs, tenant: Tena
         )
     assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "campaign" in raised.value.details()
+    # The status names the field at fault, as a google.rpc.BadRequest.
+    assert bad_request_fields(raised.value) == ["campaignId"]
+
+
+def bad_request_fields(error: grpc.RpcError) -> list[str]:
+    """The fields of the google.rpc.BadRequest in a call's rich status."""
+    trailers = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
+    status = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    assert status.code == error.code().value[0]  # type: ignore[attr-defined]
+    assert status.message == error.details()  # type: ignore[attr-defined]
+    fields = []
+    for detail in status.details:
+        request = error_details_pb2.BadRequest()
+        assert detail.Unpack(request)
+        fields += [violation.field for violation in request.field_violations]
+    return fields
+
+
+def test_a_rejected_event_names_its_field_over_rest(
+    http: httpx.Client, tenant: Tenant, database_url: str
+) -> None:
+    """The field a server-side rule finds at fault reaches REST callers as a
+    field violation, as a field the gateway cannot decode does."""
+    reply = http.post(
+        "/api/analytics/real-time",
+        json={"event": {"eventType": "click", "campaignId": tenant.campaign_ids[0],
+                        "organizationId": tenant.organization_id, "value": -5}},
+        headers=tenant.headers(Role.INGEST),
+    )  # fmt: skip
+    assert reply.status_code == 400, reply.text
+    body = reply.json()
+    assert body["error"].startswith("event rejected (value): ")
+    assert body["details"] == [
+        {
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": [{"field": "value", "description": body["error"]}],
+        }
+    ]
+    assert [field for _, field, _, _ in dead_letters(database_url, tenant.organization_id)] == [
+        "value"
+    ]
 
 
 @pytest.mark.parametrize("count", [0, 5001])
