@@ -424,7 +424,7 @@ def _event_type(value: Any) -> int:
         word = word.removeprefix(_EVENT_TYPE_PREFIX)
         number = _EVENT_TYPES.get(word)
         if number is None:
-            raise CodecError(
+            _fail(
                 "eventType",
                 f"unknown event type {value!r}; use one of {_EVENT_TYPE_WORDS}",
                 INVALID_EVENT_TYPE,
@@ -432,7 +432,7 @@ def _event_type(value: Any) -> int:
         return number
     if isinstance(value, int) and not isinstance(value, bool):
         if value not in _EVENT_TYPES.values():
-            raise CodecError(
+            _fail(
                 "eventType",
                 f"unknown event type {value}; use one of {_EVENT_TYPE_WORDS}",
                 INVALID_EVENT_TYPE,
@@ -549,8 +549,8 @@ def _kind(value: Any) -> str:
     return type(value).__name__  # pragma: no cover
 
 
-def _fail(field: str, reason: str) -> NoReturn:
-    raise CodecError(field, reason)
+def _fail(field: str, reason: str, code: str = "") -> NoReturn:
+    raise CodecError(field, reason, code)
 
 
 _READERS: dict[int, Callable[[Any, str], Any]] = {

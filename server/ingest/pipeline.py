@@ -233,7 +233,7 @@ class IngestPipeline:
     async def _commit(
         self,
         principal: Principal,
-        checked: "_Checked",
+        checked: _Checked,
         count: int,
         timeout: float | None,
         wait_for_room: bool,

@@ -200,10 +200,11 @@ class BatchWriter:
         done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append(_Submission(rows, done))
         self._pending_events += len(rows)
-        if wait or self._pending_events >= self.flush_threshold:
+        full = self._pending_events >= self.flush_threshold
+        if full:
+            _end_delay(self._delay)
+        if wait or full:
             self._wake.set()
-            if self._pending_events >= self.flush_threshold:
-                _end_delay(self._delay)
         if not wait:
             done.add_done_callback(_consume_exception)
             return 0

@@ -111,7 +111,7 @@ async def abort(context: grpc.aio.ServicerContext, exc: Exception, call: str) ->
             trailers = (("retry-after", str(max(1, round(retry_after)))),)
         field = getattr(exc, "field", "")
         if field:
-            trailers = (("grpc-status-details-bin", _bad_request(code, exc.message, field)),)
+            trailers += (("grpc-status-details-bin", _bad_request(code, exc.message, field)),)
         await context.abort(code, exc.message, trailing_metadata=trailers)
     if isinstance(exc, DATABASE_UNREACHABLE):
         log.warning("%s: PostgreSQL unreachable: %s", call, exc)
