@@ -3,7 +3,7 @@
 The rows are those the service's writer stages for the load clients' events:
 the load encoder's protobuf bytes (``loadgen.events``: same organization,
 campaigns, type mix, values, sessions and metadata; UUIDv7 ids), read and
-COPY-encoded by the service's own code (``server.codec.event_row``, or for an
+COPY-encoded by the service's own code (``server.codec.event_rows``, or for an
 event it does not take straight the full decoding and
 ``server.ingest.validation``; ``server.store.staging_copy``) outside the timed
 part. What is timed is PostgreSQL's work for one batch, on one connection as
@@ -37,7 +37,7 @@ import psycopg
 
 from clients import pb
 from loadgen.events import EventEncoder
-from server.codec import decode_event, event_row
+from server.codec import decode_event, event_rows
 from server.ingest.validation import Limits, now_us, validate
 from server.store import events as event_store
 from server.store.database import libpq_url
@@ -62,8 +62,9 @@ class ServiceRows:
         request = pb.StreamEventsRequest.FromString(self._encoder.stream_message(count))
         now = now_us()
         rows = []
-        for index, message in enumerate(request.events):
-            row = event_row(message, now, self._owners, self._limits) or validate(
+        straight = event_rows(request.events, now, self._owners, self._limits)
+        for index, (message, straight_row) in enumerate(zip(request.events, straight, strict=True)):
+            row = straight_row or validate(
                 decode_event(message, index), now, self._owners, self._limits
             )
             if not isinstance(row, tuple):

@@ -124,7 +124,7 @@ class AnalyticsServer:
             ),
             max_batch_events=s.max_batch_events,
             payload_of=codec.event_payload,
-            read_row=codec.event_row,
+            read_rows=codec.event_rows,
             decode=codec.decode_event,
             metrics=self.metrics,
         )

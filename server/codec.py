@@ -8,6 +8,7 @@ from typing import Any
 
 import orjson
 from google.protobuf import json_format, text_format
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from clients import pb
@@ -17,7 +18,6 @@ from server.ingest.validation import (
     EVENT_TYPE_NUMBERS,
     IncomingEvent,
     Limits,
-    parse_uuid,
     truncate_ip,
 )
 from server.ingest.writer import WriterStats
@@ -89,90 +89,151 @@ def decode_event(message: pb.Event, index: int) -> IncomingEvent:
     )
 
 
-def event_row(
-    message: pb.Event,
+def event_rows(
+    messages: Sequence[pb.Event],
     now_us: int,
     campaign_owners: Mapping[str, str | None],
     limits: Limits,
-) -> EventRow | None:
-    """The row of an event that keeps every rule, read straight from the
+    sizes_checked: bool = False,
+) -> list[EventRow | None]:
+    """The row of each event that keeps every rule, read straight from its
     message: the ingest hot path, without the ``IncomingEvent`` in between.
-    None when the event needs the full path (``decode_event``, then
+    None for an event that needs the full path (``decode_event``, then
     ``validation.validate``): a rule is broken (and the rejection must say
     which), its id is to be assigned, or its metadata holds ``extra`` keys
-    or an IP address to truncate. Wherever this returns a row, the full path
-    returns the same row (tests/server/test_ingest_properties.py)."""
-    campaign_id = message.campaign_id
-    organization_id = message.organization_id
-    if (
-        not organization_id
-        or campaign_owners.get(campaign_id) != organization_id
-        or len(campaign_id) > limits.max_id_length
-        or len(organization_id) > limits.max_id_length
-    ):
-        return None
-    event_type = message.event_type
-    if event_type not in EVENT_TYPE_NUMBERS:
-        return None
-    event_id = parse_uuid(message.event_id)
-    if event_id is None:
-        return None
-    has = message.HasField
-    occurred_us = now_us
-    if has("timestamp"):
-        occurred, _ = _decode_timestamp(message.timestamp)
-        if occurred is None or not (
-            now_us - limits.max_age_us <= occurred <= now_us + limits.max_future_us
+    or an IP address to truncate. Wherever this gives a row, the full path
+    gives the same row (tests/server/test_ingest_properties.py).
+
+    ``sizes_checked``: the caller knows that no event is larger than
+    ``limits.max_event_bytes`` (their whole request is not; see
+    ``smaller_than_an_event``), so no event's size is computed.
+
+    One call reads a slice of events, its limits and names bound once: a
+    tenth less time per event than a call per event (measured)."""
+    max_id = limits.max_id_length
+    max_text = limits.max_text_length
+    max_session = limits.max_session_id_length
+    max_value = limits.max_value
+    max_duration = limits.max_duration
+    max_bytes = limits.max_event_bytes
+    # The times allowed: within the age limits, and a date _decode_timestamp takes.
+    earliest = max(now_us - limits.max_age_us, _MIN_SECONDS * 1_000_000)
+    latest = min(now_us + limits.max_future_us, _MAX_SECONDS * 1_000_000 + 999_999)
+    owner_of = campaign_owners.get
+    types = EVENT_TYPE_NUMBERS
+    text_key = _METADATA_TEXT.get
+    dumps = orjson.dumps
+    fromhex = bytes.fromhex
+    rows: list[EventRow | None] = []
+    append = rows.append
+    for message in messages:
+        campaign_id = message.campaign_id
+        organization_id = message.organization_id
+        event_type = message.event_type
+        id_text = message.event_id
+        if (
+            not organization_id
+            or owner_of(campaign_id) != organization_id
+            or len(campaign_id) > max_id
+            or len(organization_id) > max_id
+            or event_type not in types
+            # The canonical form (dashes at 8, 13, 18 and 23), or 32 bare digits.
+            or not ((len(id_text) == 36 and id_text[8:24:5] == "----") or len(id_text) == 32)
         ):
-            return None
-        occurred_us = occurred
-    value_micros = None
-    if has("value"):
-        value = message.value
-        if not 0 <= value <= limits.max_value:  # NaN is neither
-            return None
-        value_micros = round(value * 1_000_000)
-    session_id = duration = document = None
-    if has("metadata"):
-        metadata: dict[str, Any] = {}
-        max_text = limits.max_text_length
-        for field, value in message.metadata.ListFields():
-            number = field.number
-            key = _METADATA_TEXT.get(number)
-            if key is not None:
-                if len(value) > max_text or number == _IP_ADDRESS:
-                    return None
-                metadata[key] = value
-                if number == _SESSION_ID:
-                    if len(value) > limits.max_session_id_length:
-                        return None
-                    session_id = value
-            elif number == _DURATION:
-                if not 0 <= value <= limits.max_duration:
-                    return None
-                duration = metadata["duration"] = value
-            elif number == _POSITION:
-                metadata["position"] = value
-            else:  # extra
-                return None
-        if metadata:
-            text = orjson.dumps(metadata)
-            if b"\\u0000" in text:  # a NUL, perhaps
-                return None
-            document = jsonb(text)
-    if message.ByteSize() > limits.max_event_bytes:
-        return None
-    return (
-        organization_id,
-        event_id,
-        campaign_id,
-        event_type,
-        occurred_us,
-        value_micros,
-        session_id,
-        duration,
-        document,
-    )
+            append(None)
+            continue
+        try:
+            event_id = fromhex(id_text.replace("-", ""))
+        except ValueError:
+            event_id = b""
+        if len(event_id) != 16:  # not hex digits (fromhex also skips spaces)
+            append(None)
+            continue
+        has = message.HasField
+        occurred_us = now_us
+        if has("timestamp"):
+            ts = message.timestamp
+            nanos = ts.nanos
+            occurred_us = ts.seconds * 1_000_000 + nanos // 1000
+            if not (0 <= nanos < 1_000_000_000 and earliest <= occurred_us <= latest):
+                append(None)
+                continue
+        value_micros = None
+        if has("value"):
+            value = message.value
+            if not 0 <= value <= max_value:  # NaN is neither
+                append(None)
+                continue
+            value_micros = round(value * 1_000_000)
+        session_id = duration = document = None
+        # Set or not, the metadata reads the same (an empty message when not).
+        listed = message.metadata.ListFields()
+        if listed:
+            metadata: dict[str, Any] = {}
+            broken = False
+            for field, value in listed:
+                number = field.number
+                key = text_key(number)
+                if key is not None:
+                    if (
+                        len(value) > max_text
+                        or number == _IP_ADDRESS
+                        or (number == _SESSION_ID and len(value) > max_session)
+                    ):
+                        broken = True
+                        break
+                    metadata[key] = value
+                    if number == _SESSION_ID:
+                        session_id = value
+                elif number == _DURATION:
+                    if not 0 <= value <= max_duration:
+                        broken = True
+                        break
+                    duration = metadata["duration"] = value
+                elif number == _POSITION:
+                    metadata["position"] = value
+                else:  # extra
+                    broken = True
+                    break
+            if broken:
+                append(None)
+                continue
+            if metadata:
+                document = dumps(metadata)
+                if b"\\u0000" in document:  # a NUL, perhaps
+                    append(None)
+                    continue
+                document = jsonb(document)
+        if not sizes_checked and message.ByteSize() > max_bytes:
+            append(None)
+            continue
+        append(
+            (
+                organization_id,
+                event_id,
+                campaign_id,
+                event_type,
+                occurred_us,
+                value_micros,
+                session_id,
+                duration,
+                document,
+            )
+        )
+    return rows
+
+
+# The least an event read straight (``event_rows``) takes: an id of 32
+# characters, with its tag and length, and the event's own.
+_SMALLEST_EVENT_BYTES = 36
+
+
+def smaller_than_an_event(request: Message, events: int, limits: Limits) -> bool:
+    """Whether ``request``, holding ``events`` events, is no larger than one
+    event may be: then none of its events is too large. False, without
+    computing the size, when the request holds too many events for that."""
+    max_bytes = limits.max_event_bytes
+    return events * _SMALLEST_EVENT_BYTES <= max_bytes and request.ByteSize() <= max_bytes
 
 
 def _decode_metadata(m: pb.EventMetadata) -> tuple[str, float | None, dict[str, Any], str]:

@@ -56,12 +56,12 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
         # Room is held before decoding, the costly part: under overload the
         # call is refused at once rather than queued (server.ingest.admission).
         with self._pipeline.admit(count):
-            messages = [request.event, *request.events] if has_event else list(request.events)
             result = await self._pipeline.ingest_messages(
                 principal,
-                messages,
+                [request.event, *request.events] if has_event else request.events,
                 codec.decode_undecodable(request.undecodable_events),
                 skipped=frozenset(u.index for u in request.undecodable_events),
+                sizes_checked=codec.smaller_than_an_event(request, count, self._pipeline.limits),
                 timeout=commit_budget(context),
             )
         if single:
@@ -74,7 +74,7 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
             duplicates=result.duplicates,
             rejected=[codec.encode_rejection(r) for r in result.rejected],
             timestamp=codec.now_timestamp(),
-            event_id=result.event_ids.get(0, "") if single else "",
+            event_id=result.first_event_id if single else "",
         )
 
     @reports_errors
@@ -119,7 +119,7 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
             campaign_id=campaign_id,
             event_type=event.event_type,
             timestamp=codec.now_timestamp(),
-            event_id=result.event_ids.get(0, ""),
+            event_id=result.first_event_id,
             duplicate=result.duplicates > 0,
         )
 
@@ -140,6 +140,7 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
             undecodable: list[tuple[Rejection, str]],
             offset: int,
             skipped: frozenset[int],
+            sizes_checked: bool,
             count: int,
         ) -> None:
             try:
@@ -151,6 +152,7 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
                     undecodable,
                     offset=offset,
                     skipped=skipped,
+                    sizes_checked=sizes_checked,
                     timeout=commit_budget(context),
                     wait_for_room=True,
                 )
@@ -164,6 +166,7 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
 
         offset = batches = taken = 0
         admission = self._pipeline.admission
+        limits = self._pipeline.limits
 
         async def read() -> None:
             nonlocal offset, batches, taken
@@ -182,8 +185,9 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
                 await admission.take(count)
                 skipped = frozenset(offset + u.index for u in set_apart)
                 undecodable = codec.decode_undecodable(set_apart, offset)
+                sizes_checked = codec.smaller_than_an_event(message, count, limits)
                 task = asyncio.create_task(
-                    ingest(message.events, undecodable, offset, skipped, count)
+                    ingest(message.events, undecodable, offset, skipped, sizes_checked, count)
                 )
                 offset += count
                 # A callback, not a finally: it runs even if the task is

@@ -283,6 +283,8 @@ BREAKAGES: dict[str, Callable[[pb.Event], None]] = {
     "event type unknown": _set("event_type", 99),
     "event type unspecified": _set("event_type", 0),
     "event id not a uuid": _set("event_id", "0192f3a0-5b7c-7d2e-9f10-12345678zzzz"),
+    "event id with spaces": _set("event_id", "0192f3a0-5b7c-7d2e-9f10-12 34 678abc"),
+    "event id of 15 bytes": _set("event_id", "0192f3a05b7c7d2e9f10123456789a"),
     "event id to assign": _set("event_id", ""),
     "campaign unknown": _set("campaign_id", "c4"),
     "campaign absent": _set("campaign_id", ""),
@@ -324,7 +326,7 @@ def _check_hot_path(taken: Counter[str], message: pb.Event, broken: list[str]) -
     for name in broken:
         BREAKAGES[name](message)
         taken[name] += 1
-    row = codec.event_row(message, NOW_US, OWNERS, LIMITS)
+    row = hot_row(message)
     full = validate(codec.decode_event(message, 0), NOW_US, OWNERS, LIMITS)
     if not broken:
         # An event keeping every rule is read straight (with nothing to look at closer).
@@ -332,6 +334,33 @@ def _check_hot_path(taken: Counter[str], message: pb.Event, broken: list[str]) -
         assert row is not None, message
     if row is not None:
         assert row == full, (broken, message)
+
+
+def hot_row(message: pb.Event, limits: Limits = LIMITS) -> Any:
+    return codec.event_rows([message], NOW_US, OWNERS, limits)[0]
+
+
+@settings(PROPERTIES, max_examples=150)
+@given(
+    st.lists(
+        st.tuples(valid_messages(), st.lists(st.sampled_from(sorted(BREAKAGES)), max_size=1)),
+        max_size=6,
+    )
+)
+def test_a_slice_of_events_reads_as_each_event_alone(
+    items: list[tuple[pb.Event, list[str]]],
+) -> None:
+    # The hot path reads a slice at once: nothing of one event carries over
+    # to the next.
+    for message, broken in items:
+        for name in broken:
+            BREAKAGES[name](message)
+    messages = [message for message, _ in items]
+    rows = codec.event_rows(messages, NOW_US, OWNERS, LIMITS)
+    assert rows == [hot_row(message) for message in messages]
+    for (message, broken), row in zip(items, rows, strict=True):
+        if not broken:
+            assert row == validate(codec.decode_event(message, 0), NOW_US, OWNERS, LIMITS)
 
 
 def check_hot_path() -> Counter[str]:
@@ -352,10 +381,31 @@ def test_the_size_limit_holds_on_the_hot_path() -> None:
     message.metadata.session_id = "s1"
     message.metadata.duration = 3.5
     size = message.ByteSize()
-    row = codec.event_row(message, NOW_US, OWNERS, Limits(max_event_bytes=size))
+    row = hot_row(message, Limits(max_event_bytes=size))
     assert row is not None
     assert row == validate(codec.decode_event(message, 0), NOW_US, OWNERS, LIMITS)
-    assert codec.event_row(message, NOW_US, OWNERS, Limits(max_event_bytes=size - 1)) is None
+    assert hot_row(message, Limits(max_event_bytes=size - 1)) is None
+
+
+def test_no_event_of_a_request_within_the_size_limit_is_sized() -> None:
+    message = pb.Event(
+        event_id=str(uuid.uuid4()),
+        event_type=pb.EventType.EVENT_TYPE_CLICK,
+        campaign_id="c1",
+        organization_id="o1",
+    )
+    request = pb.StreamEventsRequest(events=[message, message])
+    size = request.ByteSize()
+    assert codec.smaller_than_an_event(request, 2, Limits(max_event_bytes=size))
+    assert not codec.smaller_than_an_event(request, 2, Limits(max_event_bytes=size - 1))
+    # Told so, the hot path takes the events as within the limit, unsized:
+    # even under a limit they break.
+    events = list(request.events)
+    tight = Limits(max_event_bytes=message.ByteSize() - 1)
+    assert codec.event_rows(events, NOW_US, OWNERS, tight) == [None, None]
+    rows = codec.event_rows(events, NOW_US, OWNERS, tight, sizes_checked=True)
+    assert rows == codec.event_rows(events, NOW_US, OWNERS, LIMITS)
+    assert None not in rows
 
 
 # -- the formulas -------------------------------------------------------------
