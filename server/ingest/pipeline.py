@@ -216,7 +216,6 @@ class IngestPipeline:
         self.check_batch_size(count + len(undecodable))
         # As a list: each pass over a protocol's repeated field makes its items
         # anew, and a pass over a list of them takes half the time (measured).
-        # Dropped before the commit: the collector would walk the items.
         events = list(messages)
         del messages
         owners = await self._owners(principal, events)
@@ -246,7 +245,9 @@ class IngestPipeline:
                 index += 1
 
         await self.turns.run(events, check)
+        # Not held while waiting for the commit: the collector walks what is.
         del events
+        checked.seen.clear()
         return await self._commit(principal, checked, count, timeout, wait_for_room)
 
     async def _owners(self, principal: Principal, events: Sequence[Any]) -> dict[str, str | None]:

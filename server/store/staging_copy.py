@@ -27,9 +27,10 @@ _NULL = struct.pack(">i", -1)
 _FIELD_COUNT = struct.pack(">h", 10)
 _UUID_LENGTH = struct.pack(">i", 16)  # an event id is the uuid's 16 bytes
 _length = struct.Struct(">i").pack
-# event_type (int2) and occurred_at (timestamptz: int8 microseconds since 2000).
+# event_type (int2) and occurred_at (timestamptz: int8 microseconds since
+# 2000), with value_micros (int8) when it is not NULL.
 _type_and_time = struct.Struct(">ihiq").pack
-_int8 = struct.Struct(">iq").pack
+_type_time_and_value = struct.Struct(">ihiqiq").pack
 _float8 = struct.Struct(">id").pack
 _OPEN = struct.pack(">ib", 1, 1)  # session_open: true
 _CLOSED = struct.pack(">ib", 1, 0)  # false
@@ -54,21 +55,25 @@ def encode_rows(
     # event_type, occurred_at, value_micros, session_id, duration, metadata,
     # session_open.
     texts: dict[str, bytes] = {}
+    # Per organization: the row's start, up to its event id's bytes.
+    starts: dict[str, bytes] = {}
     out = bytearray(HEADER)
     for org, event_id, campaign, event_type, occurred_us, value, session, duration, meta in rows:
-        org_field = texts.get(org)
-        if org_field is None:
-            org_field = texts[org] = _text(org)
+        start = starts.get(org)
+        if start is None:
+            start = starts[org] = _FIELD_COUNT + _text(org) + _UUID_LENGTH
         campaign_field = texts.get(campaign)
         if campaign_field is None:
             campaign_field = texts[campaign] = _text(campaign)
-        out += _FIELD_COUNT
-        out += org_field
-        out += _UUID_LENGTH
+        out += start
         out += event_id
         out += campaign_field
-        out += _type_and_time(2, event_type, 8, occurred_us - _POSTGRES_EPOCH_US)
-        out += _NULL if value is None else _int8(8, value)
+        occurred_at = occurred_us - _POSTGRES_EPOCH_US
+        if value is None:
+            out += _type_and_time(2, event_type, 8, occurred_at)
+            out += _NULL
+        else:
+            out += _type_time_and_value(2, event_type, 8, occurred_at, 8, value)
         if session is None:
             out += _NULL
             session_open = _CLOSED
