@@ -113,7 +113,7 @@ class BatchWriter:
         self._pending: list[_Submission] = []
         self._pending_events = 0
         self._in_flight_events = 0
-        self._wake = asyncio.Event()
+        self._wake = _Wakeup()
         self._flushed = asyncio.Event()
         self._closing = False
         self._delay: asyncio.Future[None] | None = None  # a commit delay under way
@@ -156,7 +156,7 @@ class BatchWriter:
         ``timeout`` seconds; returns whether everything was committed."""
         self._closing = True
         self._wake.set()
-        _end_delay(self._delay)
+        _resolve(self._delay)
         drained = True
         if self._worker is not None:
             try:
@@ -202,7 +202,7 @@ class BatchWriter:
         self._pending_events += len(rows)
         full = self._pending_events >= self.flush_threshold
         if full:
-            _end_delay(self._delay)
+            _resolve(self._delay)
         if wait or full:
             self._wake.set()
         if not wait:
@@ -256,9 +256,7 @@ class BatchWriter:
                 continue
             if self._closing and not self._pending and not self._flushes:
                 return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
-            self._wake.clear()
+            await self._wake.wait(self.flush_interval)
 
     def _worth_delaying(self) -> bool:
         """Whether the next flush should wait ``commit_delay`` for company:
@@ -275,7 +273,7 @@ class BatchWriter:
         """Waits ``commit_delay``, or less: a full buffer or shutdown ends the wait."""
         loop = asyncio.get_running_loop()
         self._delay = delay = loop.create_future()
-        timer = loop.call_later(self.commit_delay, _end_delay, delay)
+        timer = loop.call_later(self.commit_delay, _resolve, delay)
         try:
             await delay
         finally:
@@ -475,9 +473,38 @@ def _fail(batch: list[_Submission], error: BaseException) -> None:
             submission.done.add_done_callback(_consume_exception)
 
 
-def _end_delay(delay: asyncio.Future[None] | None) -> None:
-    if delay is not None and not delay.done():
-        delay.set_result(None)
+class _Wakeup:
+    """Wakes the worker: ``set`` resumes its ``wait`` at the loop's next turn
+    (``asyncio.wait_for`` on an ``asyncio.Event`` wraps the wait in a task:
+    three turns, each as long as everything else ready on a busy loop)."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._set = True
+        _resolve(self._waiter)
+
+    async def wait(self, timeout: float) -> None:
+        """Returns once set (at once if set since the last wait), or after
+        ``timeout`` seconds."""
+        if not self._set:
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(timeout, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        self._set = False
+
+
+def _resolve(waiter: asyncio.Future[None] | None) -> None:
+    """Ends a wait (a commit delay, the worker's), if any and not ended."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def _consume_exception(future: asyncio.Future[int]) -> None:

@@ -12,7 +12,7 @@ from support import ServerThread, make_tenant
 
 from server.errors import InvalidArgument
 from server.ingest.validation import now_us
-from server.ingest.writer import BatchWriter, WriterStats, _connection_fault
+from server.ingest.writer import BatchWriter, WriterStats, _connection_fault, _Wakeup
 from server.store.database import libpq_url
 
 
@@ -148,3 +148,25 @@ def test_a_value_psycopg_cannot_send_is_no_lost_connection() -> None:
     assert not _connection_fault(psycopg.ProgrammingError("wrong parameters"), conn)
     assert _connection_fault(psycopg.OperationalError("server closed the connection"), conn)
     assert _connection_fault(OSError("connection reset"), conn)
+
+
+def test_the_worker_wakes_when_set_or_when_its_wait_ends() -> None:
+    async def scenario() -> list[str]:
+        wake = _Wakeup()
+        loop = asyncio.get_running_loop()
+        seen = []
+        # Set before the wait: the wait returns at once, once.
+        wake.set()
+        await asyncio.wait_for(wake.wait(3600), 1)
+        seen.append("set before")
+        # Nothing set: the wait ends by itself after its timeout.
+        started = loop.time()
+        await wake.wait(0.05)
+        seen.append("timed out" if loop.time() - started >= 0.04 else "too early")
+        # Set while waiting: it wakes, long before its hour is up.
+        loop.call_later(0.01, wake.set)
+        await asyncio.wait_for(wake.wait(3600), 1)
+        seen.append("set while waiting")
+        return seen
+
+    assert asyncio.run(scenario()) == ["set before", "timed out", "set while waiting"]
