@@ -43,34 +43,19 @@ class BinaryArray(bytes):
     element_oid: ClassVar[int]
 
 
-class TextArray(BinaryArray):
-    oid = postgres.types["text"].array_oid
-    element_oid = postgres.types["text"].oid
+def _array_of(element: str) -> type[BinaryArray]:
+    """The ``BinaryArray`` of arrays of ``element`` (a PostgreSQL type)."""
+    info = postgres.types[element]
+    return type(
+        f"{element.capitalize()}Array",
+        (BinaryArray,),
+        {"oid": info.array_oid, "element_oid": info.oid},
+    )
 
 
-class ByteaArray(BinaryArray):
-    oid = postgres.types["bytea"].array_oid
-    element_oid = postgres.types["bytea"].oid
-
-
-class Int2Array(BinaryArray):
-    oid = postgres.types["int2"].array_oid
-    element_oid = postgres.types["int2"].oid
-
-
-class Int8Array(BinaryArray):
-    oid = postgres.types["int8"].array_oid
-    element_oid = postgres.types["int8"].oid
-
-
-class Float8Array(BinaryArray):
-    oid = postgres.types["float8"].array_oid
-    element_oid = postgres.types["float8"].oid
-
-
-class BoolArray(BinaryArray):
-    oid = postgres.types["bool"].array_oid
-    element_oid = postgres.types["bool"].oid
+_TEXT, _BYTEA, _INT2, _INT8, _FLOAT8, _BOOL = map(
+    _array_of, ("text", "bytea", "int2", "int8", "float8", "bool")
+)
 
 
 class _BinaryArrayDumper(Dumper):
@@ -86,7 +71,7 @@ class _BinaryArrayDumper(Dumper):
 
 def register(conn: psycopg.AsyncConnection[Any]) -> None:
     """Lets ``conn`` send ``BinaryArray`` values as they are."""
-    for cls in (TextArray, ByteaArray, Int2Array, Int8Array, Float8Array, BoolArray):
+    for cls in (_TEXT, _BYTEA, _INT2, _INT8, _FLOAT8, _BOOL):
         conn.adapters.register_dumper(cls, _BinaryArrayDumper)
 
 
@@ -94,8 +79,8 @@ def _start(cls: type[BinaryArray], values: Sequence[object]) -> bytearray:
     return bytearray(_header(1, None in values, cls.element_oid, len(values), 1))
 
 
-def text_array(values: Sequence[str | None]) -> TextArray:
-    out = _start(TextArray, values)
+def text_array(values: Sequence[str | None]) -> BinaryArray:
+    out = _start(_TEXT, values)
     for value in values:
         if value is None:
             out += _NULL
@@ -103,16 +88,16 @@ def text_array(values: Sequence[str | None]) -> TextArray:
             data = value.encode()
             out += _length(len(data))
             out += data
-    return TextArray(out)
+    return _TEXT(out)
 
 
-def utf8_text_array(values: Sequence[bytes | None]) -> TextArray:
+def utf8_text_array(values: Sequence[bytes | None]) -> BinaryArray:
     """A text array of values already encoded (UTF-8)."""
-    return TextArray(_bytes_array(TextArray, values))
+    return _TEXT(_bytes_array(_TEXT, values))
 
 
-def bytea_array(values: Sequence[bytes | None]) -> ByteaArray:
-    return ByteaArray(_bytes_array(ByteaArray, values))
+def bytea_array(values: Sequence[bytes | None]) -> BinaryArray:
+    return _BYTEA(_bytes_array(_BYTEA, values))
 
 
 def _bytes_array(cls: type[BinaryArray], values: Sequence[bytes | None]) -> bytearray:
@@ -126,30 +111,30 @@ def _bytes_array(cls: type[BinaryArray], values: Sequence[bytes | None]) -> byte
     return out
 
 
-def int2_array(values: Sequence[int]) -> Int2Array:
-    out = _start(Int2Array, values)
+def int2_array(values: Sequence[int]) -> BinaryArray:
+    out = _start(_INT2, values)
     for value in values:
         out += _int2(2, value)
-    return Int2Array(out)
+    return _INT2(out)
 
 
-def int8_array(values: Sequence[int | None]) -> Int8Array:
-    out = _start(Int8Array, values)
+def int8_array(values: Sequence[int | None]) -> BinaryArray:
+    out = _start(_INT8, values)
     for value in values:
         out += _NULL if value is None else _int8(8, value)
-    return Int8Array(out)
+    return _INT8(out)
 
 
-def float8_array(values: Sequence[float | None]) -> Float8Array:
-    out = _start(Float8Array, values)
+def float8_array(values: Sequence[float | None]) -> BinaryArray:
+    out = _start(_FLOAT8, values)
     for value in values:
         out += _NULL if value is None else _float8(8, value)
-    return Float8Array(out)
+    return _FLOAT8(out)
 
 
-def bool_array(values: Iterable[bool]) -> BoolArray:
+def bool_array(values: Iterable[bool]) -> BinaryArray:
     items = list(values)
-    out = _start(BoolArray, items)
+    out = _start(_BOOL, items)
     for value in items:
         out += _TRUE if value else _FALSE
-    return BoolArray(out)
+    return _BOOL(out)

@@ -9,35 +9,26 @@ from typing import Any
 import psycopg
 import pytest
 
-from server.store import binary_arrays
-from server.store.binary_arrays import (
-    BinaryArray,
-    bool_array,
-    bytea_array,
-    float8_array,
-    int2_array,
-    int8_array,
-    text_array,
-    utf8_text_array,
-)
+from server.store import binary_arrays as arrays
+from server.store.binary_arrays import BinaryArray
 from server.store.database import libpq_url
 
 CASES: list[tuple[str, Callable[[Any], BinaryArray], Sequence[Any], str]] = [
-    ("text", text_array, ["org-1", "é ✓ 中", "", None, "tab\tand\nnewline"], "text[]"),
-    ("utf8 text", utf8_text_array, [b'{"k": "\xc3\xa9"}', None, b""], "text[]"),
-    ("bytea", bytea_array, [bytes(range(16)), b"", None, b"\x00\xff"], "bytea[]"),
-    ("int2", int2_array, [1, 7, -32768, 32767], "int2[]"),
-    ("int8", int8_array, [0, None, -(2**63), 2**63 - 1, 1_796_000_000_000_000], "int8[]"),
-    ("float8", float8_array, [0.0, None, 1.5, -2.25e300, math.inf, 86_400.0], "float8[]"),
-    ("bool", bool_array, [True, False, True], "bool[]"),
-    ("empty", text_array, [], "text[]"),
-    ("all NULL", int8_array, [None, None], "int8[]"),
+    ("text", arrays.text_array, ["org-1", "é ✓ 中", "", None, "tab\tand\nnewline"], "text[]"),
+    ("utf8 text", arrays.utf8_text_array, [b'{"k": "\xc3\xa9"}', None, b""], "text[]"),
+    ("bytea", arrays.bytea_array, [bytes(range(16)), b"", None, b"\x00\xff"], "bytea[]"),
+    ("int2", arrays.int2_array, [1, 7, -32768, 32767], "int2[]"),
+    ("int8", arrays.int8_array, [0, None, -(2**63), 2**63 - 1, 1_796_000_000_000_000], "int8[]"),
+    ("float8", arrays.float8_array, [0.0, None, 1.5, -2.25e300, math.inf, 86_400.0], "float8[]"),
+    ("bool", arrays.bool_array, [True, False, True], "bool[]"),
+    ("empty", arrays.text_array, [], "text[]"),
+    ("all NULL", arrays.int8_array, [None, None], "int8[]"),
 ]
 
 
 async def _read_back(url: str, array: BinaryArray, cast: str) -> list[Any]:
     async with await psycopg.AsyncConnection.connect(libpq_url(url)) as conn:
-        binary_arrays.register(conn)
+        arrays.register(conn)
         async with psycopg.AsyncRawCursor(conn) as cur:
             await cur.execute(f"SELECT $1::{cast}", (array,))
             row = await cur.fetchone()
@@ -52,6 +43,6 @@ def test_an_array_reads_back_as_its_values(
     database_url: str, encode: Callable[[Any], BinaryArray], values: Sequence[Any], cast: str
 ) -> None:
     read = asyncio.run(_read_back(database_url, encode(values), cast))
-    if encode is utf8_text_array:
+    if encode is arrays.utf8_text_array:
         values = [None if v is None else v.decode() for v in values]
     assert read == list(values)
