@@ -35,6 +35,7 @@ import functools
 import logging
 import operator
 import random
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -297,6 +298,18 @@ class BatchWriter:
     async def _flush(self, slot: int, batch: list[_Submission]) -> None:
         try:
             await self._write(slot, batch)
+        except Exception:
+            # A fault of the server's own: its callers hear of it instead of
+            # waiting for ever, and the writer goes on.
+            log.exception("a flush of %d submissions failed", len(batch))
+            _fail(
+                batch,
+                Unavailable(
+                    "the server failed while writing these events: they may or may not be "
+                    "stored; send them again with the same eventIds (stored ones count as "
+                    "duplicates)"
+                ),
+            )
         except asyncio.CancelledError:
             _fail(
                 batch,
@@ -340,6 +353,11 @@ class BatchWriter:
                 self.stats.commit_errors += 1
                 self._metrics.commit_errors.labels("conflict").inc()
                 self._metrics.commit_retries.inc()
+            except _UNSENDABLE as exc:
+                # A value the rows' encoding cannot hold: refused as PostgreSQL
+                # refuses one, so that only its submission fails.
+                await self._write_apart(slot, batch, exc)
+                return
             except (psycopg.Error, OSError) as exc:
                 if not _connection_fault(exc, self._conns.get(slot)):
                     await self._write_apart(slot, batch, exc)
@@ -450,6 +468,10 @@ def _first_occurrences(
         repeats.append(len(submission_keys) - len(mine))
     return rows, written, repeats
 
+
+# Raised while encoding rows whose values their columns cannot hold (an int2
+# out of range, text that is not Unicode, ...).
+_UNSENDABLE = (struct.error, UnicodeEncodeError, OverflowError)
 
 # SQLSTATEs of a lost server connection (class 08) or a server going away.
 _CONNECTION_STATES = frozenset({"57P01", "57P02", "57P03"})

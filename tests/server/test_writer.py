@@ -10,9 +10,10 @@ import pytest
 import uuid_utils
 from support import ServerThread, make_tenant
 
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, Unavailable
 from server.ingest.validation import now_us
 from server.ingest.writer import BatchWriter, WriterStats, _connection_fault, _Wakeup
+from server.store import events as event_store
 from server.store.database import libpq_url
 
 
@@ -170,3 +171,49 @@ def test_the_worker_wakes_when_set_or_when_its_wait_ends() -> None:
         return seen
 
     assert asyncio.run(scenario()) == ["set before", "timed out", "set while waiting"]
+
+
+def test_a_value_its_column_cannot_hold_fails_only_its_own_submission(
+    analytics_server: ServerThread,
+) -> None:
+    tenant = make_tenant(analytics_server, campaigns=1)
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+    writer = analytics_server.components.writer
+    good = _rows(org, campaign)
+    # An event type beyond int2: validation never lets one through, the
+    # writer holds all the same.
+    bad = [(org, uuid_utils.uuid7().bytes, campaign, 40_000, now_us(), None, None, None, None)]
+
+    async def both() -> list[object]:
+        return await asyncio.gather(
+            asyncio.wait_for(writer.submit(good), 30),
+            asyncio.wait_for(writer.submit(bad), 30),
+            return_exceptions=True,
+        )
+
+    stored, refused = analytics_server.call(both())
+    assert stored == 0
+    assert isinstance(refused, InvalidArgument), refused
+    assert analytics_server.call(writer.submit(_rows(org, campaign))) == 0
+
+
+def test_a_failing_flush_answers_its_callers_and_the_writer_goes_on(
+    analytics_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tenant = make_tenant(analytics_server, campaigns=1)
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+    writer = analytics_server.components.writer
+    real = event_store.write_batch
+    calls = 0
+
+    async def faulty(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a bug")
+        return await real(*args)
+
+    monkeypatch.setattr(event_store, "write_batch", faulty)
+    with pytest.raises(Unavailable, match="may or may not be stored"):
+        analytics_server.call(asyncio.wait_for(writer.submit(_rows(org, campaign)), 30))
+    assert analytics_server.call(writer.submit(_rows(org, campaign))) == 0
