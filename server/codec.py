@@ -18,6 +18,7 @@ from server.ingest.validation import (
     EVENT_TYPE_NUMBERS,
     IncomingEvent,
     Limits,
+    parse_uuid,
     truncate_ip,
 )
 from server.ingest.writer import WriterStats
@@ -108,8 +109,9 @@ def event_rows(
     ``limits.max_event_bytes`` (their whole request is not; see
     ``smaller_than_an_event``), so no event's size is computed.
 
-    One call reads a slice of events, its limits and names bound once: a
-    tenth less time per event than a call per event (measured)."""
+    One call reads a slice of events, its limits and names bound once:
+    less time per event than a call per event (3.55 µs against 3.80,
+    measured over slices of 100)."""
     max_id = limits.max_id_length
     max_text = limits.max_text_length
     max_session = limits.max_session_id_length
@@ -123,30 +125,21 @@ def event_rows(
     types = EVENT_TYPE_NUMBERS
     text_key = _METADATA_TEXT.get
     dumps = orjson.dumps
-    fromhex = bytes.fromhex
     rows: list[EventRow | None] = []
     append = rows.append
     for message in messages:
         campaign_id = message.campaign_id
         organization_id = message.organization_id
         event_type = message.event_type
-        id_text = message.event_id
+        event_id = parse_uuid(message.event_id)
         if (
-            not organization_id
+            event_id is None
+            or not organization_id
             or owner_of(campaign_id) != organization_id
             or len(campaign_id) > max_id
             or len(organization_id) > max_id
             or event_type not in types
-            # The canonical form (dashes at 8, 13, 18 and 23), or 32 bare digits.
-            or not ((len(id_text) == 36 and id_text[8:24:5] == "----") or len(id_text) == 32)
         ):
-            append(None)
-            continue
-        try:
-            event_id = fromhex(id_text.replace("-", ""))
-        except ValueError:
-            event_id = b""
-        if len(event_id) != 16:  # not hex digits (fromhex also skips spaces)
             append(None)
             continue
         has = message.HasField

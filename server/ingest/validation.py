@@ -237,7 +237,7 @@ def _holds_nul(value: Any) -> bool:
 
 def parse_uuid(text: str) -> bytes | None:
     """The 16 bytes of a UUID in canonical (or bare 32-digit hex) form."""
-    if len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
+    if len(text) == 36 and text[8:24:5] == "----":  # dashes at 8, 13, 18 and 23
         text = text.replace("-", "")
     if len(text) != 32:
         return None
