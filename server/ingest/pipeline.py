@@ -84,12 +84,15 @@ class _Checked:
             self.seen.add(row[1])
             self.rows.append(row)
 
-    def accept_all(self, rows: list[EventRow]) -> bool:
-        """Takes ``rows`` at once when none repeats an id (of the call so far,
-        or of ``rows``); otherwise takes none and returns False."""
+    def accept_all(self, index: int, messages: Sequence[Any], rows: list[EventRow]) -> bool:
+        """``accept`` of consecutive events (from ``index``, as ``messages``
+        and their ``rows``) at once, when none repeats an id (of the call so
+        far, or of ``rows``); otherwise takes none and returns False."""
         ids = {row[1] for row in rows}
         if len(ids) < len(rows) or not self.seen.isdisjoint(ids):
             return False
+        if index == 0:
+            self.result.first_event_id = messages[0].event_id
         self.seen |= ids
         self.rows += rows
         return True
@@ -235,9 +238,7 @@ class IngestPipeline:
             now = checked.now
             rows = read_rows(part, now, owners, limits, sizes_checked)
             # Usually every event keeps every rule: the rows are taken at once.
-            if not skipped and None not in rows and checked.accept_all(rows):  # type: ignore[arg-type]
-                if index == 0:
-                    checked.result.first_event_id = part[0].event_id
+            if not skipped and None not in rows and checked.accept_all(index, part, rows):  # type: ignore[arg-type]
                 index += len(rows)
                 return
             for message, row in zip(part, rows, strict=True):

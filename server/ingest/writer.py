@@ -272,13 +272,10 @@ class BatchWriter:
 
     async def _commit_delay(self) -> None:
         """Waits ``commit_delay``, or less: a full buffer or shutdown ends the wait."""
-        loop = asyncio.get_running_loop()
-        self._delay = delay = loop.create_future()
-        timer = loop.call_later(self.commit_delay, _resolve, delay)
+        self._delay = asyncio.get_running_loop().create_future()
         try:
-            await delay
+            await _wait(self._delay, self.commit_delay)
         finally:
-            timer.cancel()
             self._delay = None
 
     def _take(self) -> list[_Submission]:
@@ -302,23 +299,10 @@ class BatchWriter:
             # A fault of the server's own: its callers hear of it instead of
             # waiting for ever, and the writer goes on.
             log.exception("a flush of %d submissions failed", len(batch))
-            _fail(
-                batch,
-                Unavailable(
-                    "the server failed while writing these events: they may or may not be "
-                    "stored; send them again with the same eventIds (stored ones count as "
-                    "duplicates)"
-                ),
-            )
+            _fail(batch, _unknown_outcome("the server failed while writing these events"))
         except asyncio.CancelledError:
-            _fail(
-                batch,
-                Unavailable(
-                    "the server stopped while these events were being written: they may or may "
-                    "not be stored; send them again with the same eventIds (stored ones count "
-                    "as duplicates)"
-                ),
-            )
+            stopped = "the server stopped while these events were being written"
+            _fail(batch, _unknown_outcome(stopped))
             raise
         finally:
             self._in_flight_events -= sum(len(submission.rows) for submission in batch)
@@ -488,6 +472,14 @@ def _connection_fault(exc: BaseException, conn: psycopg.AsyncConnection[Any] | N
     return state is None or state.startswith("08") or state in _CONNECTION_STATES
 
 
+def _unknown_outcome(what: str) -> Unavailable:
+    """The error of a flush that may or may not have committed: ``what`` happened."""
+    return Unavailable(
+        f"{what}: they may or may not be stored; send them again with the same eventIds "
+        "(stored ones count as duplicates)"
+    )
+
+
 def _fail(batch: list[_Submission], error: BaseException) -> None:
     for submission in batch:
         if not submission.done.done():
@@ -512,15 +504,21 @@ class _Wakeup:
         """Returns once set (at once if set since the last wait), or after
         ``timeout`` seconds."""
         if not self._set:
-            loop = asyncio.get_running_loop()
-            self._waiter = waiter = loop.create_future()
-            timer = loop.call_later(timeout, _resolve, waiter)
+            self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await waiter
+                await _wait(self._waiter, timeout)
             finally:
-                timer.cancel()
                 self._waiter = None
         self._set = False
+
+
+async def _wait(waiter: asyncio.Future[None], timeout: float) -> None:
+    """Waits until ``waiter`` is resolved (``_resolve``), for at most ``timeout`` seconds."""
+    timer = asyncio.get_running_loop().call_later(timeout, _resolve, waiter)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
 
 
 def _resolve(waiter: asyncio.Future[None] | None) -> None:
