@@ -317,17 +317,19 @@ def test_a_row_read_straight_from_a_message_is_the_row_validation_makes() -> Non
     assert {name for name in BREAKAGES if taken[name]} == set(BREAKAGES)
 
 
+def plain_event(event_type: Any = pb.EventType.EVENT_TYPE_CLICK) -> pb.Event:
+    """A valid event of campaign c1 (of o1), its fields but these unset."""
+    return pb.Event(
+        event_id=str(uuid.uuid4()), event_type=event_type, campaign_id="c1", organization_id="o1"
+    )
+
+
 def _each_breakage_once(test: Any) -> Any:
     """Explicit examples: each breakage of a plain valid event, whatever the
     draws meet (they favour the first names of the list)."""
     for name in sorted(BREAKAGES):
-        plain = pb.Event(
-            event_id=str(uuid.UUID(int=len(name))),
-            event_type=pb.EventType.EVENT_TYPE_CLICK,
-            campaign_id="c1",
-            organization_id="o1",
-            value=1.5,
-        )
+        plain = plain_event()
+        plain.value = 1.5
         plain.timestamp.seconds = SECONDS
         plain.metadata.session_id = "s1"
         plain.metadata.duration = 2.0
@@ -391,12 +393,7 @@ def check_hot_path() -> Counter[str]:
 def test_the_size_limit_holds_on_the_hot_path() -> None:
     # Under the default limits no event within the text limits is too large;
     # the limit is configurable, so the hot path checks it all the same.
-    message = pb.Event(
-        event_id=str(uuid.uuid4()),
-        event_type=pb.EventType.EVENT_TYPE_VIEW,
-        campaign_id="c1",
-        organization_id="o1",
-    )
+    message = plain_event(pb.EventType.EVENT_TYPE_VIEW)
     message.metadata.session_id = "s1"
     message.metadata.duration = 3.5
     size = message.ByteSize()
@@ -407,12 +404,7 @@ def test_the_size_limit_holds_on_the_hot_path() -> None:
 
 
 def test_no_event_of_a_request_within_the_size_limit_is_sized() -> None:
-    message = pb.Event(
-        event_id=str(uuid.uuid4()),
-        event_type=pb.EventType.EVENT_TYPE_CLICK,
-        campaign_id="c1",
-        organization_id="o1",
-    )
+    message = plain_event()
     request = pb.StreamEventsRequest(events=[message, message])
     size = request.ByteSize()
     assert codec.smaller_than_an_event(request, 2, Limits(max_event_bytes=size))
