@@ -1,5 +1,5 @@
-"""Test helpers: a server on its own event loop, and organizations with
-keys and campaigns."""
+"""Test helpers: a server on its own event loop, organizations with keys
+and campaigns, and a flush written one chosen way."""
 
 import asyncio
 import os
@@ -21,6 +21,10 @@ from server.app import AnalyticsServer
 from server.auth import create_key
 from server.domain import Role
 from server.settings import ServerSettings
+from server.store import events as event_store
+from server.store.events import EventRow
+from server.store.sessions import CompleteSessions
+from server.store.staging_copy import encode_rows
 
 T = TypeVar("T")
 
@@ -218,3 +222,15 @@ class GatewayProcess:
             self.process.terminate()
             self.process.wait(timeout=20)
             self.process = None
+
+
+async def write_flush(
+    conn: Any, rows: list[EventRow], known: CompleteSessions, *, direct: bool
+) -> list[tuple[str, bytes]]:
+    """Writes ``rows`` one of the two ways ``server.store.events.write_batch``
+    chooses between by size: in one statement (``direct``), or through the
+    staging table. Returns the duplicates."""
+    if direct:
+        return await event_store.write_direct(conn, rows, known)
+    data = encode_rows(rows, known)
+    return await event_store.write_staged(conn, data, rows, known)

@@ -10,13 +10,13 @@ from typing import Any
 import psycopg
 import pytest
 import uuid_utils
+from support import write_flush
 
 from server.ingest.validation import now_us
 from server.store import events as event_store
 from server.store.database import libpq_url
 from server.store.events import EventRow
 from server.store.sessions import CompleteSessions
-from server.store.staging_copy import encode_rows
 
 IMPRESSION = 1
 
@@ -37,10 +37,7 @@ def write(request: pytest.FixtureRequest, database_url: str) -> Write:
     async def flush(rows: list[EventRow], known: CompleteSessions) -> list[Any]:
         async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
             await event_store.prepare(conn)
-            if request.param == "staged":
-                data = encode_rows(rows, known)
-                return await event_store.write_staged(conn, data, rows, known)
-            return await event_store.write_direct(conn, rows, known)
+            return await write_flush(conn, rows, known, direct=request.param == "direct")
 
     return lambda rows, known: asyncio.run(flush(rows, known))
 

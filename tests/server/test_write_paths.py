@@ -15,13 +15,14 @@ from typing import Any
 import psycopg
 import pytest
 import uuid_utils
+from support import write_flush
 
 from server.ingest.validation import now_us
 from server.store import events as event_store
 from server.store.database import libpq_url
 from server.store.events import EventRow
 from server.store.sessions import CompleteSessions
-from server.store.staging_copy import encode_rows, jsonb
+from server.store.staging_copy import jsonb
 
 # Columns that say when a row was written, not what it holds.
 WRITTEN_AT = ("received_at", "updated_at")
@@ -67,12 +68,7 @@ async def _write(
     async with await psycopg.AsyncConnection.connect(libpq_url(url)) as conn:
         await event_store.prepare(conn)
         for batch in batches:
-            rows = _for(organization, batch)
-            if direct:
-                found = await event_store.write_direct(conn, rows, known)
-            else:
-                data = encode_rows(rows, known)
-                found = await event_store.write_staged(conn, data, rows, known)
+            found = await write_flush(conn, _for(organization, batch), known, direct=direct)
             duplicates.append(sorted(event_id for _, event_id in found))
     return duplicates
 
