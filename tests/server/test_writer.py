@@ -48,9 +48,9 @@ def test_the_buffer_refuses_what_it_cannot_hold(analytics_server: ServerThread) 
         analytics_server.call(writer.submit(rows * (writer.capacity + 1)))
 
 
-def _rows(org: str, campaign: str, count: int = 1) -> list[tuple]:  # type: ignore[type-arg]
+def _rows(org: str, campaign: str, count: int = 1, event_type: int = 1) -> list[tuple]:  # type: ignore[type-arg]
     return [
-        (org, uuid_utils.uuid7().bytes, campaign, 1, now_us(), None, None, None, None)
+        (org, uuid_utils.uuid7().bytes, campaign, event_type, now_us(), None, None, None, None)
         for _ in range(count)
     ]
 
@@ -182,7 +182,7 @@ def test_a_value_its_column_cannot_hold_fails_only_its_own_submission(
     good = _rows(org, campaign)
     # An event type beyond int2: validation never lets one through, the
     # writer holds all the same.
-    bad = [(org, uuid_utils.uuid7().bytes, campaign, 40_000, now_us(), None, None, None, None)]
+    bad = _rows(org, campaign, event_type=40_000)
 
     async def both() -> list[object]:
         return await asyncio.gather(
