@@ -12,7 +12,9 @@ buffer (``flush_threshold`` events): small flushes written side by side
 would each carry half the events for the same cost per flush (with 16
 single-event calls in flight, a second small flush cut throughput by a
 quarter: ``python -m bench.ingest``). What arrives during a flush waits for
-the next one, so batches grow with load. And as PostgreSQL's
+the next one, so batches grow with load; that one starts as the flush
+commits, before its callers are answered, so PostgreSQL writes it while
+their answers go out. And as PostgreSQL's
 ``commit_delay`` does, a small flush that already has company (at least
 ``COMMIT_SIBLINGS`` callers waiting) waits ``commit_delay`` for more before
 it starts: a lone caller is never delayed, while many small callers share
@@ -31,7 +33,6 @@ callers stop waiting at their own deadlines.
 
 import asyncio
 import contextlib
-import functools
 import logging
 import operator
 import random
@@ -79,6 +80,11 @@ class _Submission:
     done: asyncio.Future[int]  # how many of the rows were already stored
 
 
+# A caller's future and what it is to hear: how many of its events were
+# duplicates, or why they were not stored.
+_Outcome = tuple[asyncio.Future[int], int | BaseException]
+
+
 @dataclass(slots=True)
 class _Backoff:
     initial: float = 0.05
@@ -121,6 +127,7 @@ class BatchWriter:
         self._conns: dict[int, psycopg.AsyncConnection[Any]] = {}
         self._worker: asyncio.Task[None] | None = None
         self._flushes: set[asyncio.Task[None]] = set()
+        self._free = list(range(connections))  # connection slots no flush holds
         self._complete_sessions = CompleteSessions()
         self.stats = WriterStats()
         # Gauges are read when scraped, on another thread: plain reads only.
@@ -167,7 +174,11 @@ class BatchWriter:
                 for task in (self._worker, *self._flushes):
                     task.cancel()
                 await asyncio.gather(self._worker, *self._flushes, return_exceptions=True)
-        _fail(self._pending, Unavailable("the server stopped before these events were committed"))
+        _deliver(
+            _failures(
+                self._pending, Unavailable("the server stopped before these events were committed")
+            )
+        )
         self._pending.clear()
         for conn in self._conns.values():
             await conn.close()
@@ -223,41 +234,45 @@ class BatchWriter:
     # -- the worker ----------------------------------------------------------
 
     async def _run(self) -> None:
-        # Up to ``connections`` flushes run at once, each on its own
-        # connection: one batch is copied while PostgreSQL works on another.
-        free = list(range(self.connections))
-
-        def finished(task: asyncio.Task[None], slot: int) -> None:
-            free.append(slot)
-            self._flushes.discard(task)
-            self._flushed.set()
-            self._flushed = asyncio.Event()
-            self._wake.set()
-
-        delayed = False
         while True:
-            if (
-                self._pending
-                and free
-                and (
-                    len(free) == self.connections
-                    or self._pending_events >= self.flush_threshold
-                    or self._closing
-                )
-            ):
-                if not delayed and self._worth_delaying():
-                    delayed = True
-                    await self._commit_delay()
-                    continue
-                delayed = False
-                slot = free.pop()
-                task = asyncio.create_task(self._flush(slot, self._take()), name="flush")
-                task.add_done_callback(functools.partial(finished, slot=slot))
-                self._flushes.add(task)
+            if self._start_flushes():
+                await self._commit_delay()
+                if self._startable():
+                    self._start_flush()
                 continue
             if self._closing and not self._pending and not self._flushes:
                 return
             await self._wake.wait(self.flush_interval)
+
+    def _startable(self) -> bool:
+        """Whether a flush is due: events wait, a connection is free, and no
+        other flush runs (or the buffer is full, or the server is stopping)."""
+        free = len(self._free)
+        return (
+            bool(self._pending)
+            and free > 0
+            and (
+                free == self.connections
+                or self._pending_events >= self.flush_threshold
+                or self._closing
+            )
+        )
+
+    def _start_flushes(self) -> bool:
+        """Starts the flushes that are due; returns whether the next one
+        should first wait ``commit_delay`` for company (the worker waits)."""
+        while self._startable():
+            if self._worth_delaying():
+                return True
+            self._start_flush()
+        return False
+
+    def _start_flush(self) -> None:
+        # Up to ``connections`` flushes run at once, each on its own
+        # connection: one batch is copied while PostgreSQL works on another.
+        task = asyncio.create_task(self._flush(self._free.pop(), self._take()), name="flush")
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
 
     def _worth_delaying(self) -> bool:
         """Whether the next flush should wait ``commit_delay`` for company:
@@ -265,7 +280,7 @@ class BatchWriter:
         return (
             self.commit_delay > 0
             and not self._closing
-            and not self._flushes
+            and len(self._free) == self.connections
             and len(self._pending) >= COMMIT_SIBLINGS
             and self._pending_events < self.flush_threshold
         )
@@ -294,20 +309,35 @@ class BatchWriter:
 
     async def _flush(self, slot: int, batch: list[_Submission]) -> None:
         try:
-            await self._write(slot, batch)
+            outcomes = await self._write(slot, batch)
         except Exception:
             # A fault of the server's own: its callers hear of it instead of
             # waiting for ever, and the writer goes on.
             log.exception("a flush of %d submissions failed", len(batch))
-            _fail(batch, _unknown_outcome("the server failed while writing these events"))
+            outcomes = _failures(
+                batch, _unknown_outcome("the server failed while writing these events")
+            )
         except asyncio.CancelledError:
+            self._release(slot, batch)
             stopped = "the server stopped while these events were being written"
-            _fail(batch, _unknown_outcome(stopped))
+            _deliver(_failures(batch, _unknown_outcome(stopped)))
             raise
-        finally:
-            self._in_flight_events -= sum(len(submission.rows) for submission in batch)
+        # The next flush starts before the callers of this one hear back:
+        # PostgreSQL writes it while their answers are sent.
+        self._release(slot, batch)
+        self._start_flushes()
+        _deliver(outcomes)
 
-    async def _write(self, slot: int, batch: list[_Submission]) -> None:
+    def _release(self, slot: int, batch: list[_Submission]) -> None:
+        """Ends a flush's hold on its connection and on its room in the buffer."""
+        self._free.append(slot)
+        self._in_flight_events -= sum(len(submission.rows) for submission in batch)
+        self._flushed.set()
+        self._flushed = asyncio.Event()
+        self._wake.set()
+
+    async def _write(self, slot: int, batch: list[_Submission]) -> list[_Outcome]:
+        """Commits ``batch``; returns what each of its callers is to hear."""
         # An event id may repeat across the submissions of one flush (a retry
         # racing its original): the first is written, the others are
         # duplicates. Usually no id repeats (the ids, whatever their
@@ -340,26 +370,24 @@ class BatchWriter:
             except _UNSENDABLE as exc:
                 # A value the rows' encoding cannot hold: refused as PostgreSQL
                 # refuses one, so that only its submission fails.
-                await self._write_apart(slot, batch, exc)
-                return
+                return await self._write_apart(slot, batch, exc)
             except (psycopg.Error, OSError) as exc:
                 if not _connection_fault(exc, self._conns.get(slot)):
-                    await self._write_apart(slot, batch, exc)
-                    return
+                    return await self._write_apart(slot, batch, exc)
                 await self._lost_connection(slot, exc)
                 self._metrics.commit_retries.inc()
                 await asyncio.sleep(backoff.next_delay())
 
         already = set(stored)
         duplicates = 0
+        outcomes: list[_Outcome] = []
         for number, (submission, repeated) in enumerate(zip(batch, repeats, strict=True)):
             count = repeated
             if already:
                 keys = _keys(submission.rows) if written is None else written[number]
                 count += sum(1 for key in keys if key in already)
             duplicates += count
-            if not submission.done.done():
-                submission.done.set_result(count)
+            outcomes.append((submission.done, count))
 
         stats = self.stats
         stats.events_accepted += total - duplicates
@@ -371,18 +399,22 @@ class BatchWriter:
         stats.last_flush_duration_ms = elapsed * 1000
         self._metrics.flush_events.observe(len(rows))
         self._metrics.flush_duration.observe(elapsed)
+        return outcomes
 
-    async def _write_apart(self, slot: int, batch: list[_Submission], exc: BaseException) -> None:
+    async def _write_apart(
+        self, slot: int, batch: list[_Submission], exc: BaseException
+    ) -> list[_Outcome]:
         """PostgreSQL refused the batch for its content, not for a fault: each
         submission is written on its own, so only the offending one fails."""
         if len(batch) > 1:
+            outcomes: list[_Outcome] = []
             for submission in batch:
-                await self._write(slot, [submission])
-            return
+                outcomes += await self._write(slot, [submission])
+            return outcomes
         log.error("PostgreSQL refused %d events: %s", len(batch[0].rows), exc)
         self.stats.commit_errors += 1
         self._metrics.commit_errors.labels("refused").inc()
-        _fail(
+        return _failures(
             batch,
             InvalidArgument(
                 f"PostgreSQL refused these events ({type(exc).__name__}); nothing was "
@@ -480,11 +512,20 @@ def _unknown_outcome(what: str) -> Unavailable:
     )
 
 
-def _fail(batch: list[_Submission], error: BaseException) -> None:
-    for submission in batch:
-        if not submission.done.done():
-            submission.done.set_exception(error)
-            submission.done.add_done_callback(_consume_exception)
+def _failures(batch: list[_Submission], error: BaseException) -> list[_Outcome]:
+    return [(submission.done, error) for submission in batch]
+
+
+def _deliver(outcomes: list[_Outcome]) -> None:
+    """Tells each caller still waiting what became of its events."""
+    for done, outcome in outcomes:
+        if done.done():
+            continue
+        if isinstance(outcome, BaseException):
+            done.set_exception(outcome)
+            done.add_done_callback(_consume_exception)
+        else:
+            done.set_result(outcome)
 
 
 class _Wakeup:

@@ -217,3 +217,41 @@ def test_a_failing_flush_answers_its_callers_and_the_writer_goes_on(
     with pytest.raises(Unavailable, match="may or may not be stored"):
         analytics_server.call(asyncio.wait_for(writer.submit(_rows(org, campaign)), 30))
     assert analytics_server.call(writer.submit(_rows(org, campaign))) == 0
+
+
+def test_the_next_flush_starts_before_the_callers_of_the_last_hear_back(
+    analytics_server: ServerThread, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What arrived during a flush is sent to PostgreSQL as soon as that
+    flush commits, before its callers resume: PostgreSQL writes the next
+    batch while their answers go out."""
+    tenant = make_tenant(analytics_server, campaigns=1)
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+    seen: list[str] = []
+    writing = asyncio.Event()  # (bound to the loop at its first wait)
+    real = event_store.write_batch
+
+    async def recorded(conn: Any, rows: Any, *args: Any) -> Any:
+        seen.append(f"write {len(rows)}")
+        writing.set()
+        return await real(conn, rows, *args)
+
+    monkeypatch.setattr(event_store, "write_batch", recorded)
+
+    async def caller(name: str, count: int, writer: BatchWriter) -> None:
+        await writer.submit(_rows(org, campaign, count))
+        seen.append(f"{name} answered")
+
+    async def run() -> None:
+        writer = BatchWriter(libpq_url(database_url))
+        await writer.start()
+        try:
+            first = asyncio.ensure_future(caller("first", 1, writer))
+            await asyncio.wait_for(writing.wait(), 60)  # the first flush is under way
+            second = asyncio.ensure_future(caller("second", 2, writer))
+            await asyncio.wait_for(asyncio.gather(first, second), 60)
+        finally:
+            await writer.shutdown(10)
+
+    asyncio.run(run())
+    assert seen == ["write 1", "write 2", "first answered", "second answered"]
