@@ -135,6 +135,17 @@ def test_server_metrics_count_what_the_pipeline_did(
     assert value(after, "process_resident_memory_bytes") > 0
 
 
+def test_the_metrics_port_serves_metrics_alone(
+    observed: tuple[ServerThread, GatewayThread],
+) -> None:
+    base = f"http://127.0.0.1:{observed[0].server.metrics_port}"
+    assert "campaign_analytics_events_total" in httpx.get(f"{base}/metrics", timeout=10).text
+    for path in ("/", "/favicon.ico", "/metricsx", "/api/analytics/real-time"):
+        reply = httpx.get(base + path, timeout=10)
+        assert reply.status_code == 404, path
+        assert "/metrics" in reply.text
+
+
 def test_server_metrics_follow_subscriptions_and_simulations(
     observed: tuple[ServerThread, GatewayThread],
 ) -> None:
