@@ -3,6 +3,9 @@ the submission that carried it, and the writer goes on; small flushes with
 several callers wait for company, a lone caller never waits."""
 
 import asyncio
+import os
+import socket
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -255,3 +258,17 @@ def test_the_next_flush_starts_before_the_callers_of_the_last_hear_back(
 
     asyncio.run(run())
     assert seen == ["write 1", "write 2", "first answered", "second answered"]
+
+
+def test_writer_connections_take_a_large_flush_at_once(analytics_server: ServerThread) -> None:
+    """A writer connection's socket holds a large flush's COPY data, up to
+    what the kernel grants (``net.core.wmem_max``)."""
+    tenant = make_tenant(analytics_server, campaigns=1)
+    writer = analytics_server.components.writer
+    assert analytics_server.call(writer.submit(_rows(tenant.organization_id, "c"))) == 0
+    allowed = int(Path("/proc/sys/net/core/wmem_max").read_text())
+    assert writer._conns
+    for conn in writer._conns.values():
+        with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        assert granted >= min(event_store.SEND_BUFFER_BYTES, allowed)
