@@ -3,7 +3,10 @@
 Every SSE connection of one subscription shares one upstream gRPC stream
 (``SubscriptionService.StreamUpdates``): each update is encoded into an SSE
 frame once, and written to every connection without waiting for any of
-them, so one slow reader never holds up the others.
+them, so one slow reader never holds up the others. The writes go out
+``BROADCAST_SLICE`` connections at a time, the loop turning between
+slices: at 10,000 connections a round of writes takes about 80 ms, and new
+connections no longer wait for whole rounds to get their first frame.
 
 Under uvicorn's HTTP/1.1 protocol (how the gateway runs) the frame is also
 put in its chunked-encoding wrapping once, and written straight to each
@@ -53,6 +56,7 @@ _EVENT_STREAM_HEADERS = (
     (b"x-accel-buffering", b"no"),  # no buffering by a proxy in front
 )
 MAX_BACKLOG = 256  # frames waiting for a write-paused connection
+BROADCAST_SLICE = 500  # connections written to in one turn of the loop
 MAX_BACKLOG_BYTES = 256 * 1024  # bytes a connection's transport may hold unsent
 # Upstream errors after which the subscription cannot be followed any more.
 _FINAL = {
@@ -205,8 +209,26 @@ class Channel:
         # Let the upstream stream take in what has arrived before writing.
         await asyncio.sleep(0)
         while self.pending:
-            self.flush()
+            data = b"".join(self.pending)
+            self.pending.clear()
+            chunked = chunk(data)
+            connections = list(self.connections)
+            # A slice of connections between two turns of the loop: a round
+            # of writes to 10,000 connections takes about 80 ms, and new
+            # connections, the upstream stream and the rest of the gateway
+            # get a turn between slices instead of waiting for the round.
+            for start in range(0, len(connections), BROADCAST_SLICE):
+                if start:
+                    await asyncio.sleep(0)
+                for connection in connections[start : start + BROADCAST_SLICE]:
+                    connection.offer(data, chunked)
             await asyncio.sleep(0)
+
+    async def drain(self) -> None:
+        """Sends the pending frames, after the round of writes under way."""
+        if self.sender is not None and not self.sender.done():
+            await self.sender
+        self.flush()
 
     def flush(self) -> None:
         """Sends the pending frames now, in one write per connection."""
@@ -349,7 +371,7 @@ class UpdateStreams:
                 return  # the server ended the stream: the subscription is gone
             except grpc.aio.AioRpcError as error:
                 if error.code() in _FINAL:
-                    channel.flush()  # what came before the end goes first
+                    await channel.drain()  # what came before the end goes first
                     channel.broadcast(
                         frame(
                             {

@@ -159,3 +159,58 @@ def _dechunk(response: bytes) -> bytes:
 def test_chunk_is_what_uvicorn_writes() -> None:
     assert chunk(b"data: {}\n\n") == b"a\r\ndata: {}\n\n\r\n"
     assert updates.MAX_BACKLOG_BYTES >= 64 * 1024
+
+
+class _CountingTransport:
+    """A socket transport that takes every write at once and counts them;
+    the round's first write (to any connection) makes ``on_first`` ready."""
+
+    def __init__(self, writes: list[bytes], on_first: Any) -> None:
+        self.writes = writes
+        self.on_first = on_first
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        if not self.writes:
+            asyncio.get_running_loop().call_soon(self.on_first)
+        self.writes.append(data)
+
+
+def test_a_round_of_writes_leaves_the_loop_turns_between_slices() -> None:
+    """With thousands of connections, new connections (and everything else
+    the gateway does) get a turn while a frame is being written to all: a
+    callback made ready as the round starts runs before the round ends; and
+    every connection still gets every frame, in order."""
+    count = 3 * updates.BROADCAST_SLICE
+
+    async def scenario() -> tuple[int, list[bytes]]:
+        writes: list[bytes] = []
+        ran_after: list[int] = []
+        channel = Channel("s", ())
+
+        async def unused_send(message: Any) -> None:
+            raise AssertionError("frames go to the transport")
+
+        def first_turn() -> None:
+            ran_after.append(len(writes))
+
+        for _ in range(count):
+            transport = _CountingTransport(writes, first_turn)
+            channel.connections.add(Connection(unused_send, transport))
+        channel.publish(b"data: 1\n\n")
+        channel.publish(b"data: 2\n\n")
+        await channel.drain()
+        channel.publish(b"data: 3\n\n")
+        await channel.drain()
+        return ran_after[0], writes
+
+    ran_after, writes = asyncio.run(scenario())
+    assert len(writes) == 2 * count
+    assert ran_after < count
+    assert set(writes[:count]) == {chunk(b"data: 1\n\ndata: 2\n\n")}
+    assert set(writes[count:]) == {chunk(b"data: 3\n\n")}
