@@ -114,8 +114,8 @@ async def measure_async(
     # Planned afresh each time (never prepared): a plan made while the tables
     # are empty would not fit them once they have grown.
     conn = await psycopg.AsyncConnection.connect(libpq_url(database_url), prepare_threshold=None)
-    event_store.widen_send_buffer(conn)  # as the writer's connections
     async with conn:
+        event_store.widen_send_buffer(conn)  # as the writer's connections
         await _fresh_tables(conn)
         await conn.execute(f"SET search_path TO {SCHEMA}")
         await conn.execute(event_store.CREATE_STAGING)

@@ -227,7 +227,7 @@ class Channel:
     async def drain(self) -> None:
         """Sends the pending frames, after the round of writes under way."""
         if self.sender is not None and not self.sender.done():
-            await self.sender
+            await asyncio.shield(self.sender)  # the caller's cancellation is not the round's
         self.flush()
 
     def flush(self) -> None:

@@ -1,11 +1,11 @@
 """The batched writer: a bounded buffer of validated events, written to
 PostgreSQL by group commit.
 
-One worker task takes everything buffered and commits it in one transaction
-(``server.store.events.write_batch``). It starts a flush when the buffer
-holds ``flush_threshold`` events, when ``flush_interval`` has passed (once
-no flush is running), or at once when a caller is waiting and no flush is
-running. Up to
+A flush takes everything buffered and commits it in one transaction
+(``server.store.events.write_batch``). One starts when the buffer holds
+``flush_threshold`` events, when ``flush_interval`` has passed (once no
+flush is running), or at once when a caller is waiting and no flush is
+running: started by the worker task, or by the flush that just ended. Up to
 ``connections`` flushes run at once, so one batch is copied while PostgreSQL
 works on another; but while one runs, the next starts only for a full
 buffer (``flush_threshold`` events): small flushes written side by side
@@ -126,7 +126,8 @@ class BatchWriter:
         self._delay: asyncio.Future[None] | None = None  # a commit delay under way
         self._conns: dict[int, psycopg.AsyncConnection[Any]] = {}
         self._worker: asyncio.Task[None] | None = None
-        self._flushes: set[asyncio.Task[None]] = set()
+        # Flushes under way, and the submissions each carries.
+        self._flushes: dict[asyncio.Task[None], list[_Submission]] = {}
         self._free = list(range(connections))  # connection slots no flush holds
         self._complete_sessions = CompleteSessions()
         self.stats = WriterStats()
@@ -171,15 +172,20 @@ class BatchWriter:
                 await asyncio.wait_for(asyncio.shield(self._worker), timeout)
             except TimeoutError:
                 drained = False
-                for task in (self._worker, *self._flushes):
+                flushes = dict(self._flushes)
+                for task in (self._worker, *flushes):
                     task.cancel()
-                await asyncio.gather(self._worker, *self._flushes, return_exceptions=True)
+                await asyncio.gather(self._worker, *flushes, return_exceptions=True)
+                # A flush cancelled before its first step never answered its callers.
+                stopped = "the server stopped while these events were being written"
+                _deliver(_failures(list(chain(*flushes.values())), _unknown_outcome(stopped)))
         _deliver(
             _failures(
                 self._pending, Unavailable("the server stopped before these events were committed")
             )
         )
         self._pending.clear()
+        self._flushed.set()  # callers waiting for room hear that the server stopped
         for conn in self._conns.values():
             await conn.close()
         self._conns.clear()
@@ -270,9 +276,14 @@ class BatchWriter:
     def _start_flush(self) -> None:
         # Up to ``connections`` flushes run at once, each on its own
         # connection: one batch is copied while PostgreSQL works on another.
-        task = asyncio.create_task(self._flush(self._free.pop(), self._take()), name="flush")
-        self._flushes.add(task)
-        task.add_done_callback(self._flushes.discard)
+        batch = self._take()
+        task = asyncio.create_task(self._flush(self._free.pop(), batch), name="flush")
+        self._flushes[task] = batch
+        task.add_done_callback(self._flush_ended)
+
+    def _flush_ended(self, task: asyncio.Task[None]) -> None:
+        del self._flushes[task]
+        self._wake.set()  # the worker may be waiting for the last flush to end
 
     def _worth_delaying(self) -> bool:
         """Whether the next flush should wait ``commit_delay`` for company:
@@ -407,9 +418,12 @@ class BatchWriter:
         """PostgreSQL refused the batch for its content, not for a fault: each
         submission is written on its own, so only the offending one fails."""
         if len(batch) > 1:
+            # Each caller hears as soon as its own events are committed (or refused).
             outcomes: list[_Outcome] = []
             for submission in batch:
-                outcomes += await self._write(slot, [submission])
+                written = await self._write(slot, [submission])
+                _deliver(written)
+                outcomes += written
             return outcomes
         log.error("PostgreSQL refused %d events: %s", len(batch[0].rows), exc)
         self.stats.commit_errors += 1

@@ -10,6 +10,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import urlsplit
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -67,7 +68,10 @@ _App = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 def _only_metrics(metrics: _App) -> _App:
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") == PATH:
+        path = environ.get("PATH_INFO", "")
+        if "://" in path:  # a request naming the whole URL ("GET http://host/metrics")
+            path = urlsplit(path).path
+        if path == PATH:
             return metrics(environ, start_response)
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [f"not found: the metrics are at {PATH}\n".encode()]

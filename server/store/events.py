@@ -302,7 +302,7 @@ DIRECT_WRITE_MAX = 128
 
 async def prepare(conn: psycopg.AsyncConnection[Any]) -> None:
     """Sets up a writer connection: a send buffer for a flush's data at once
-    (``SEND_BUFFER_BYTES``), autocommit (``WRITE_DIRECT`` commits on its own;
+    (``widen_send_buffer``), autocommit (``WRITE_DIRECT`` commits on its own;
     the COPY path opens its transaction), the direct write's arrays sent as
     encoded (``binary_arrays``), generic plans (its arrays are small whatever
     their values) and the staging table."""
@@ -315,23 +315,29 @@ async def prepare(conn: psycopg.AsyncConnection[Any]) -> None:
 
 log = logging.getLogger(__name__)
 
-# The socket send buffer a writer connection asks the kernel for: room for a
-# large flush's COPY data (about 125 bytes an event, up to 20,000 events a
-# flush) at once. The writer's connections share the event loop with the
-# ingest path; with the kernel's default (about 200 KiB) a flush's data went
-# out in a dozen pieces, each waiting for a turn of a busy loop, and streams
-# of 100-event messages ran a sixth slower (``python -m bench.ingest``).
+# The socket send buffer a writer connection asks the kernel for, when it
+# reaches PostgreSQL over a Unix socket (the embedded one, or one on the same
+# machine): room for a large flush's COPY data (about 125 bytes an event, up
+# to 20,000 events a flush) at once. The writer's connections share the event
+# loop with the ingest path; with the kernel's default (about 200 KiB) a
+# flush's data went out in a dozen pieces, each waiting for a turn of a busy
+# loop, and streams of 100-event messages ran a sixth slower (``python -m
+# bench.ingest``). TCP connections are left alone: setting a size turns the
+# kernel's own tuning of their buffer off, and that tuning grows it as far.
 SEND_BUFFER_BYTES = 4 * 2**20
 _send_buffer_capped = False  # logged once
 
 
 def widen_send_buffer(conn: psycopg.AsyncConnection[Any], size: int = SEND_BUFFER_BYTES) -> int:
-    """Asks for a send buffer of at least ``size`` bytes on ``conn``'s socket;
-    returns the size granted (the kernel caps it at ``net.core.wmem_max``)."""
+    """Asks for a send buffer of at least ``size`` bytes on ``conn``'s socket
+    if it is a Unix socket; returns the size the kernel reports (Linux
+    reports twice what it grants, and grants at most ``net.core.wmem_max``)."""
     global _send_buffer_capped
     with socket.socket(fileno=os.dup(conn.fileno())) as sock:
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < size:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+        granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        if sock.family != socket.AF_UNIX or granted >= size:
+            return granted
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
         granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     if granted < size and not _send_buffer_capped:
         _send_buffer_capped = True

@@ -144,6 +144,14 @@ def test_the_metrics_port_serves_metrics_alone(
         reply = httpx.get(base + path, timeout=10)
         assert reply.status_code == 404, path
         assert "/metrics" in reply.text
+    # A request naming the whole URL, as one sent through a proxy does.
+    port = observed[0].server.metrics_port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {base}/metrics HTTP/1.0\r\n\r\n".encode())
+        raw = b""
+        while part := sock.recv(65536):
+            raw += part
+    assert raw.startswith(b"HTTP/1.0 200") and b"campaign_analytics_events_total" in raw
 
 
 def test_server_metrics_follow_subscriptions_and_simulations(

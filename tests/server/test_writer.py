@@ -261,14 +261,77 @@ def test_the_next_flush_starts_before_the_callers_of_the_last_hear_back(
 
 
 def test_writer_connections_take_a_large_flush_at_once(analytics_server: ServerThread) -> None:
-    """A writer connection's socket holds a large flush's COPY data, up to
-    what the kernel grants (``net.core.wmem_max``)."""
+    """A writer connection's Unix socket holds a large flush's COPY data, up
+    to what the kernel grants (``net.core.wmem_max``): more than a socket
+    holds by default, wherever the kernel allows more."""
     tenant = make_tenant(analytics_server, campaigns=1)
     writer = analytics_server.components.writer
     assert analytics_server.call(writer.submit(_rows(tenant.organization_id, "c"))) == 0
     allowed = int(Path("/proc/sys/net/core/wmem_max").read_text())
+    fresh, other = socket.socketpair(socket.AF_UNIX)
+    with fresh, other:
+        default = fresh.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
     assert writer._conns
     for conn in writer._conns.values():
         with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+            assert sock.family == socket.AF_UNIX  # the embedded PostgreSQL's socket
             granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         assert granted >= min(event_store.SEND_BUFFER_BYTES, allowed)
+        if allowed > default:
+            assert granted > default
+
+
+def test_shutdown_ends_once_the_last_flush_has_committed(
+    analytics_server: ServerThread, database_url: str
+) -> None:
+    """With no timer to wake it for an hour, shutdown still returns as soon as
+    the flushes under way have committed: everything was drained."""
+    tenant = make_tenant(analytics_server, campaigns=1)
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+
+    async def run() -> tuple[bool, list[int]]:
+        writer = BatchWriter(libpq_url(database_url), flush_interval=3600)
+        await writer.start()
+        callers = [asyncio.ensure_future(writer.submit(_rows(org, campaign))) for _ in range(3)]
+        await asyncio.sleep(0)  # they submit
+        drained = await writer.shutdown(60)
+        return drained, await asyncio.gather(*callers)
+
+    drained, answers = asyncio.run(run())
+    assert drained and answers == [0, 0, 0]
+
+
+def test_written_apart_a_committed_submission_hears_so_whatever_comes_after(
+    analytics_server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL refuses a batch, so each submission is written apart: the
+    one committed is answered as committed, even when the write of the next
+    then fails for a fault of the server's own."""
+    tenant = make_tenant(analytics_server, campaigns=1)
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+    writer = analytics_server.components.writer
+    real = event_store.write_batch
+    calls = 0
+
+    async def refusing_then_faulty(conn: Any, rows: Any, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise psycopg.DataError("cannot send a value")  # the batch: refused for its content
+        if calls == 3:
+            raise RuntimeError("a bug")  # the second submission alone
+        return await real(conn, rows, *args)
+
+    monkeypatch.setattr(event_store, "write_batch", refusing_then_faulty)
+
+    async def both() -> list[object]:
+        return await asyncio.gather(
+            asyncio.wait_for(writer.submit(_rows(org, campaign)), 30),
+            asyncio.wait_for(writer.submit(_rows(org, campaign)), 30),
+            return_exceptions=True,
+        )
+
+    committed, failed = analytics_server.call(both())
+    assert calls == 3
+    assert committed == 0
+    assert isinstance(failed, Unavailable) and "may or may not be stored" in failed.message
