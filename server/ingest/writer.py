@@ -336,7 +336,7 @@ class BatchWriter:
         # The next flush starts before the callers of this one hear back:
         # PostgreSQL writes it while their answers are sent.
         self._release(slot, batch)
-        self._start_flushes()
+        self._start_flushes()  # (one to wait for company is the worker's: _release woke it)
         _deliver(outcomes)
 
     def _release(self, slot: int, batch: list[_Submission]) -> None:
