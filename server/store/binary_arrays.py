@@ -26,14 +26,14 @@ from psycopg import postgres
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
+# An element is laid out as a field of binary COPY data is: those encodings.
+from server.store.staging_copy import _CLOSED as _FALSE
+from server.store.staging_copy import _NULL, _float8, _length, _text
+from server.store.staging_copy import _OPEN as _TRUE
+
 _header = struct.Struct(">iiiii").pack
-_NULL = struct.pack(">i", -1)
-_length = struct.Struct(">i").pack
 _int2 = struct.Struct(">ih").pack
 _int8 = struct.Struct(">iq").pack
-_float8 = struct.Struct(">id").pack
-_TRUE = struct.pack(">ib", 1, 1)
-_FALSE = struct.pack(">ib", 1, 0)
 
 
 class BinaryArray(bytes):
@@ -82,12 +82,7 @@ def _start(cls: type[BinaryArray], values: Sequence[object]) -> bytearray:
 def text_array(values: Sequence[str | None]) -> BinaryArray:
     out = _start(_TEXT, values)
     for value in values:
-        if value is None:
-            out += _NULL
-        else:
-            data = value.encode()
-            out += _length(len(data))
-            out += data
+        out += _NULL if value is None else _text(value)
     return _TEXT(out)
 
 

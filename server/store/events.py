@@ -47,6 +47,8 @@ from server.store.schema import COUNTERS, ROLLUP_SUMS
 from server.store.sessions import CompleteSessions
 from server.store.staging_copy import encode_rows
 
+log = logging.getLogger(__name__)
+
 # The columns of an event as stored, in order: what the ingest path hands the
 # writer (an ``EventRow``).
 EVENT_COLUMNS = (
@@ -312,8 +314,6 @@ async def prepare(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.execute("SET plan_cache_mode TO force_generic_plan")
     await conn.execute(CREATE_STAGING)
 
-
-log = logging.getLogger(__name__)
 
 # The socket send buffer a writer connection asks the kernel for, when it
 # reaches PostgreSQL over a Unix socket (the embedded one, or one on the same
