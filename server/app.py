@@ -171,7 +171,8 @@ class AnalyticsServer:
         )
         pb.add_CampaignServiceServicer_to_server(CampaignServicer(keys, engine, campaigns), server)
         pb.add_SubscriptionServiceServicer_to_server(
-            SubscriptionServicer(keys, hub, campaigns, reader, s.heartbeat_seconds), server
+            SubscriptionServicer(keys, hub, publisher, campaigns, reader, s.heartbeat_seconds),
+            server,
         )
         pb.add_SimulationServiceServicer_to_server(SimulationServicer(keys, simulations), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)

@@ -23,6 +23,7 @@ from server.services.common import (
     same_organization,
 )
 from server.updates.hub import Subscription, Update, UpdateHub
+from server.updates.publisher import UpdatePublisher
 
 
 class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
@@ -30,19 +31,23 @@ class SubscriptionServicer(Authenticated, pb.SubscriptionServiceServicer):
         self,
         keys: KeyStore,
         hub: UpdateHub,
+        publisher: UpdatePublisher,
         campaigns: CampaignDirectory,
         reader: MetricsReader,
         heartbeat_interval: float = 15.0,
     ) -> None:
         super().__init__(keys)
         self._hub = hub
+        self._publisher = publisher
         self._campaigns = campaigns
         self._reader = reader
         self.heartbeat_interval = heartbeat_interval
 
     async def _followed(self, organization_id: str, campaign_ids: list[str]) -> list[str]:
-        """The campaign ids, each checked to be the organization's."""
+        """The campaign ids, each checked to be the organization's, once this
+        process hears of every commit (a subscription is made next)."""
         await self._campaigns.check(organization_id, campaign_ids, _no_such_campaign)
+        await self._publisher.follow()
         return campaign_ids
 
     @reports_errors

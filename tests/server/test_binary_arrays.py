@@ -1,4 +1,5 @@
-"""The direct write's arrays (``server.store.binary_arrays``) read back by
+"""The direct write's arrays (``server.store.binary_arrays``), sent as the
+direct write sends them (``server.store.events.run_prepared``), read back by
 PostgreSQL as the values they were made of."""
 
 import asyncio
@@ -8,10 +9,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.adapt import Transformer
 
 from server.store import binary_arrays as arrays
 from server.store.binary_arrays import BinaryArray
 from server.store.database import libpq_url
+from server.store.events import run_prepared
 
 CASES: list[tuple[str, Callable[[Any], BinaryArray], Sequence[Any], str]] = [
     ("text", arrays.text_array, ["org-1", "é ✓ 中", "", None, "tab\tand\nnewline"], "text[]"),
@@ -28,10 +31,11 @@ CASES: list[tuple[str, Callable[[Any], BinaryArray], Sequence[Any], str]] = [
 
 async def _read_back(url: str, array: BinaryArray, cast: str) -> list[Any]:
     async with await psycopg.AsyncConnection.connect(libpq_url(url)) as conn:
-        arrays.register(conn)
-        async with psycopg.AsyncRawCursor(conn) as cur:
-            await cur.execute(f"SELECT $1::{cast}", (array,))
-            row = await cur.fetchone()
+        await conn.execute(f"PREPARE read_back AS SELECT $1::{cast}")
+        result = await run_prepared(conn, "read_back", [array])
+        transformer = Transformer(conn)
+        transformer.set_pgresult(result)
+        row = transformer.load_row(0, tuple)
     assert row is not None
     return row[0]  # type: ignore[no-any-return]
 

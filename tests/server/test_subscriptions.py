@@ -172,6 +172,43 @@ def test_idle_subscriptions_are_removed_and_streams_beat(database_url: str) -> N
         server.stop()
 
 
+def test_a_process_listens_for_commits_from_its_first_subscription_on(
+    database_url: str,
+) -> None:
+    """A process nobody follows updates on is not woken by every commit: it
+    LISTENs once a subscription is asked for, before the subscription is
+    made, so the first commit after it reaches it."""
+    server = ServerThread(database_url)
+    try:
+        tenant = make_tenant(server, campaigns=1)
+        org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+        ingest(server.target, tenant, event("impression", campaign, org))
+        listening = server.components.publisher.listening
+        assert not listening.is_set(), "an ingest-only process listens for commits"
+        with grpc.insecure_channel(server.target) as channel:
+            subs = pb.SubscriptionServiceStub(channel)
+            subscription = subs.CreateSubscription(
+                pb.CreateSubscriptionRequest(organization_id=org, campaign_ids=[campaign]),
+                metadata=tenant.auth(Role.READ),
+            ).subscription
+            assert listening.is_set()
+            ingest(server.target, tenant, event("click", campaign, org, value=1.0))
+            deadline = time.monotonic() + 10
+            while True:
+                polled = subs.GetUpdates(
+                    pb.GetUpdatesRequest(subscription_id=subscription.id),
+                    metadata=tenant.auth(Role.READ),
+                )
+                if polled.count:
+                    break
+                assert time.monotonic() < deadline, "the commit after subscribing went unheard"
+                time.sleep(0.05)
+            m = polled.updates[-1].data.metrics
+            assert (m.impressions, m.clicks) == (1, 1)
+    finally:
+        server.stop()
+
+
 def test_subscriptions_stay_within_the_organization(
     stubs: object, analytics_server: ServerThread, tenant: Tenant, other_tenant: Tenant
 ) -> None:

@@ -142,3 +142,27 @@ def _notifications(conn: psycopg.Connection[Any]) -> list[str]:
     while select.select([conn.fileno()], [], [], 0.5)[0]:
         payloads += [n.payload for n in conn.notifies(timeout=0, stop_after=100)]
     return payloads
+
+
+def test_a_refused_direct_statement_raises_its_error_and_the_connection_goes_on(
+    database_url: str,
+) -> None:
+    """The direct write runs its statement through libpq itself
+    (``run_prepared``): a statement PostgreSQL refuses raises the error a
+    psycopg cursor would (its class and SQLSTATE, which tell the writer
+    whether to retry), and the connection serves the next one."""
+
+    async def run() -> tuple[BaseException, bytes | None]:
+        async with await psycopg.AsyncConnection.connect(libpq_url(database_url)) as conn:
+            await event_store.prepare(conn)
+            await conn.execute("PREPARE divide AS SELECT 10 / $1::int4")
+            with pytest.raises(psycopg.Error) as refused:
+                await event_store.run_prepared(conn, "divide", [(0).to_bytes(4, "big")])
+            result = await event_store.run_prepared(conn, "divide", [(5).to_bytes(4, "big")])
+            return refused.value, result.get_value(0, 0)
+
+    error, value = asyncio.run(run())
+    assert isinstance(error, psycopg.errors.DivisionByZero)
+    assert error.sqlstate == "22012"
+    assert "division by zero" in str(error)
+    assert value == (2).to_bytes(4, "big")
