@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -29,14 +30,13 @@ from server.metrics.retention import prune_periodically
 from server.observability.condition import PipelineCondition
 from server.observability.exposition import MetricsEndpoint
 from server.observability.metrics import ServerMetrics
-from server.observability.request_ids import RequestIds
 from server.revocation import RevocationListener
 from server.services.campaigns import CampaignServicer
 from server.services.ingest import IngestServicer
 from server.services.metrics import MetricsServicer
 from server.services.simulation import SimulationServicer
 from server.services.subscriptions import SubscriptionServicer
-from server.services.undecodable import UndecodableRequests
+from server.services.undecodable import DecodingServer
 from server.settings import ServerSettings
 from server.simulation.simulations import Simulations
 from server.store import migrate
@@ -157,24 +157,27 @@ class AnalyticsServer:
         await self._revocations.start()
 
         server = grpc.aio.server(
-            interceptors=[RequestIds(), UndecodableRequests()],
             options=[
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
         )
+        # The analytics services decode their own requests (DecodingServer).
+        analytics = cast(grpc.aio.Server, DecodingServer(server))
         self._ingest = IngestServicer(keys, pipeline)
-        pb.add_IngestServiceServicer_to_server(self._ingest, server)
+        pb.add_IngestServiceServicer_to_server(self._ingest, analytics)
         pb.add_MetricsServiceServicer_to_server(
-            MetricsServicer(keys, reader, campaigns, pipeline, condition), server
+            MetricsServicer(keys, reader, campaigns, pipeline, condition), analytics
         )
-        pb.add_CampaignServiceServicer_to_server(CampaignServicer(keys, engine, campaigns), server)
+        pb.add_CampaignServiceServicer_to_server(
+            CampaignServicer(keys, engine, campaigns), analytics
+        )
         pb.add_SubscriptionServiceServicer_to_server(
             SubscriptionServicer(keys, hub, publisher, campaigns, reader, s.heartbeat_seconds),
-            server,
+            analytics,
         )
-        pb.add_SimulationServiceServicer_to_server(SimulationServicer(keys, simulations), server)
+        pb.add_SimulationServiceServicer_to_server(SimulationServicer(keys, simulations), analytics)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (*pb.SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2, status_pb2
 from server import errors
 from server.auth import KeyStore
 from server.domain import Principal, Role
+from server.observability.request_ids import note_request_id
 from server.open_streams import KEY_REVOKED
 from server.store.database import DATABASE_UNREACHABLE
 
@@ -36,7 +37,8 @@ Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any] | AsyncIterator[
 
 def reports_errors(handler: Handler) -> Handler:
     """Ends a call that raised with the status its error calls for (see
-    ``abort``), and a stream whose key was revoked with UNAUTHENTICATED.
+    ``abort``), and a stream whose key was revoked with UNAUTHENTICATED; the
+    call's request id is noted for the logs first (``note_request_id``).
     Works on coroutine handlers and on async generators (server streams)."""
     if inspect.isasyncgenfunction(handler):
         return _reports_stream_errors(handler)  # type: ignore[return-value]
@@ -45,6 +47,7 @@ def reports_errors(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def wrapper(self: Authenticated, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        note_request_id(context)
         try:
             return await call(self, request, context)
         except grpc.aio.AbortError:
@@ -71,6 +74,7 @@ def _reports_stream_errors(
     async def wrapper(
         self: Authenticated, request: Any, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[Any]:
+        note_request_id(context)
         try:
             async for response in handler(self, request, context):
                 yield response

@@ -1,8 +1,9 @@
 """Requests whose bytes are not the message their RPC takes.
 
 gRPC decodes a request before any servicer sees it, and left to itself ends
-a call whose bytes it cannot decode as UNKNOWN. ``UndecodableRequests``
-decodes the requests of the analytics services instead:
+a call whose bytes it cannot decode as UNKNOWN. The analytics services are
+added to the server through ``DecodingServer``, whose handlers decode their
+requests themselves:
 
 - a request that cannot be read is refused with INVALID_ARGUMENT, saying
   which message it should have been and what to check;
@@ -29,7 +30,7 @@ from google.protobuf.message import DecodeError, Message
 from clients import pb
 from server.errors import InvalidArgument
 
-__all__ = ["PAYLOAD_PREFIX", "UndecodableRequests"]
+__all__ = ["PAYLOAD_PREFIX", "DecodingServer"]
 
 # The dead-letter payload of an event that could not be decoded from protobuf.
 PAYLOAD_PREFIX = "protobuf-base64:"
@@ -80,31 +81,37 @@ class _Salvaged:
     lone_event_reason: str = ""
 
 
-class UndecodableRequests(grpc.aio.ServerInterceptor):
-    def __init__(self, service_names: tuple[str, ...] = pb.SERVICE_NAMES) -> None:
-        self._services = frozenset(service_names)
-        # Method -> (the server's handler, ours in its place): built once.
-        self._handlers: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
+class DecodingServer:
+    """The gRPC server as a generated ``add_*Servicer_to_server`` function
+    sees it: each method handler it adds reaches the server replaced by one
+    that decodes its requests itself (``_wrap``). The handlers are swapped
+    once, as they are added: an interceptor could swap them too, but grpc.aio
+    runs interceptors on every call (about 4% of the server's CPU for a
+    single-event call, ``python -m bench.ingest``)."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        path = handler_call_details.method
-        known = self._handlers.get(path)
-        if known is not None and known[0] is handler:
-            return known[1]
-        service, _, method = path.lstrip("/").partition("/")
-        if handler is None or service not in self._services:
-            return handler
-        found = descriptor_pool.Default().FindServiceByName(service).FindMethodByName(method)
-        if found is None:
-            return handler
-        wrapped = _wrap(handler, message_factory.GetMessageClass(found.input_type))
-        self._handlers[path] = (handler, wrapped)
-        return wrapped
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        """Not passed on: the generated code adds the same handlers by name
+        next (``add_registered_method_handlers``), and they are added there,
+        wrapped, both ways."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        methods = descriptor_pool.Default().FindServiceByName(service)
+        wrapped = {
+            name: _wrap(
+                handler,
+                message_factory.GetMessageClass(methods.FindMethodByName(name).input_type),
+            )
+            for name, handler in handlers.items()
+        }
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, wrapped),)
+        )
+        self._server.add_registered_method_handlers(service, wrapped)
 
 
 def _wrap(handler: grpc.RpcMethodHandler, message_type: type[Message]) -> grpc.RpcMethodHandler:
