@@ -55,6 +55,7 @@ class UpdatePublisher:
         self.listening = asyncio.Event()
         self._catching_up: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
+        self._tried = asyncio.Event()  # the listener has tried to LISTEN once
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -66,15 +67,16 @@ class UpdatePublisher:
 
     async def follow(self) -> None:
         """Called before a subscription is made: starts listening if this
-        process does not yet, and returns once LISTEN is in place (or after
-        ``LISTEN_WAIT`` seconds if PostgreSQL cannot be reached: the
-        subscription then gets fresh numbers once it can)."""
+        process does not yet, and returns once LISTEN is in place. When
+        PostgreSQL cannot be reached (the first try failed, or took
+        ``LISTEN_WAIT`` seconds) it returns at once: the subscription is
+        made, and gets fresh numbers once LISTEN is in place."""
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen(), name="updates-listen")
             self._tasks.append(self._listener)
-        if not self.listening.is_set():
+        if not self._tried.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.listening.wait(), LISTEN_WAIT)
+                await asyncio.wait_for(self._tried.wait(), LISTEN_WAIT)
 
     async def stop(self) -> None:
         tasks = [*self._tasks, *([self._catching_up] if self._catching_up else [])]
@@ -105,6 +107,7 @@ class UpdatePublisher:
                 ) as conn:
                     await conn.execute(f"LISTEN {UPDATES_CHANNEL}")
                     self.listening.set()
+                    self._tried.set()
                     delay = 0.1
                     if self._hub.followed_organizations():
                         # Commits made while nobody listened went unheard: after
@@ -115,6 +118,7 @@ class UpdatePublisher:
                         self.heard(note.payload)
             except (psycopg.Error, OSError) as exc:
                 self.listening.clear()
+                self._tried.set()
                 log.warning("live updates paused, PostgreSQL unreachable: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
