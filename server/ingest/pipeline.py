@@ -1,7 +1,6 @@
 """The ingest path of one request: check the caller, validate each event,
 dead-letter the rejected ones and hand the rest to the writer."""
 
-import asyncio
 import contextlib
 import logging
 import operator
@@ -299,8 +298,9 @@ class IngestPipeline:
 
         if rows:
             try:
-                async with asyncio.timeout(timeout):
-                    duplicates = await self.writer.submit(rows, wait_for_room=wait_for_room)
+                duplicates = await self.writer.submit(
+                    rows, wait_for_room=wait_for_room, timeout=timeout
+                )
             except ResourceExhausted:
                 self.refusals.note(len(rows))
                 self._metrics.events_refused.inc(len(rows))

@@ -194,15 +194,23 @@ class BatchWriter:
     # -- submitting ----------------------------------------------------------
 
     async def submit(
-        self, rows: Sequence[EventRow], wait: bool = True, wait_for_room: bool = False
+        self,
+        rows: Sequence[EventRow],
+        wait: bool = True,
+        wait_for_room: bool = False,
+        timeout: float | None = None,
     ) -> int:
         """Buffers ``rows`` and, with ``wait``, returns once they are committed:
         how many of them were duplicates (their event id was already stored).
 
         Event ids must be unique within ``rows``. When the buffer is full it
         raises ``ResourceExhausted``, or with ``wait_for_room`` waits until a
-        flush makes room. Raises ``Unavailable`` when shutting down.
+        flush makes room. Raises ``Unavailable`` when shutting down, and
+        ``TimeoutError`` when ``timeout`` seconds pass first (the events
+        may still be committed).
         """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
         while True:
             if self._closing:
                 raise Unavailable("the server is shutting down; retry on another server")
@@ -214,8 +222,10 @@ class BatchWriter:
                     f"the ingest buffer is full ({self.capacity} events); retry shortly",
                     retry_after=1.0,
                 )
-            await self.wait_for_room(None)
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            if deadline is not None and loop.time() >= deadline:
+                raise TimeoutError
+            await self.wait_for_room(None if deadline is None else deadline - loop.time())
+        done: asyncio.Future[int] = loop.create_future()
         self._pending.append(_Submission(rows, done))
         self._pending_events += len(rows)
         full = self._pending_events >= self.flush_threshold
@@ -226,9 +236,17 @@ class BatchWriter:
         if not wait:
             done.add_done_callback(_consume_exception)
             return 0
-        # A caller that stops waiting cancels ``done``, not the write: the
-        # events stay in the flush, which skips results nobody waits for.
-        return await done
+        # A caller that stops waiting (cancelled, or past its deadline) ends
+        # ``done``, not the write: the events stay in the flush, which skips
+        # results nobody waits for. (A timer, not ``asyncio.timeout``: a
+        # third of the cost, on every call.)
+        if deadline is None:
+            return await done
+        timer = loop.call_at(deadline, _time_out, done)
+        try:
+            return await done
+        finally:
+            timer.cancel()
 
     async def wait_for_room(self, timeout: float | None) -> None:
         """Waits until the next flush ends (room may have been made), for at
@@ -580,6 +598,11 @@ def _resolve(waiter: asyncio.Future[None] | None) -> None:
     """Ends a wait (a commit delay, the worker's), if any and not ended."""
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
+
+
+def _time_out(done: asyncio.Future[int]) -> None:
+    if not done.done():
+        done.set_exception(TimeoutError())
 
 
 def _consume_exception(future: asyncio.Future[int]) -> None:

@@ -335,3 +335,36 @@ def test_written_apart_a_committed_submission_hears_so_whatever_comes_after(
     assert calls == 3
     assert committed == 0
     assert isinstance(failed, Unavailable) and "may or may not be stored" in failed.message
+
+
+def test_a_caller_stops_waiting_at_its_timeout_and_the_writer_keeps_its_events() -> None:
+    """``submit``'s ``timeout`` bounds the wait for the commit and the wait
+    for room alike; the events already taken stay in the writer, which goes
+    on trying to commit them."""
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: PostgreSQL cannot be reached
+
+    async def run() -> tuple[float, float, bool]:
+        writer = BatchWriter(f"postgresql://127.0.0.1:{port}/none", capacity=2)
+        await writer.start()
+        loop = asyncio.get_running_loop()
+        try:
+            started = loop.time()
+            with pytest.raises(TimeoutError):
+                await writer.submit(_rows("o", "c"), timeout=0.3)
+            waited_for_commit = loop.time() - started
+            kept = writer.is_processing or writer.buffered == 1
+            started = loop.time()
+            with pytest.raises(TimeoutError):  # 1 + 2 events do not fit in 2
+                await writer.submit(_rows("o", "c", 2), wait_for_room=True, timeout=0.3)
+            waited_for_room = loop.time() - started
+        finally:
+            await writer.shutdown(0.1)
+        return waited_for_commit, waited_for_room, kept
+
+    waited_for_commit, waited_for_room, kept = asyncio.run(run())
+    assert 0.25 <= waited_for_commit < 5
+    assert 0.25 <= waited_for_room < 5
+    assert kept
