@@ -19,7 +19,7 @@ requests themselves:
 
 import base64
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,26 +92,43 @@ class DecodingServer:
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
 
-    def add_generic_rpc_handlers(self, handlers: Any) -> None:
-        """Not passed on: the generated code adds the same handlers by name
-        next (``add_registered_method_handlers``), and they are added there,
-        wrapped, both ways."""
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(map(_DecodingHandlers, handlers)))
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
-        methods = descriptor_pool.Default().FindServiceByName(service)
-        wrapped = {
-            name: _wrap(
-                handler,
-                message_factory.GetMessageClass(methods.FindMethodByName(name).input_type),
-            )
-            for name, handler in handlers.items()
-        }
-        self._server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(service, wrapped),)
-        )
+        # (Looked up first: these serve the calls, the generic ones are the
+        # fallback for code generated without them.)
+        wrapped = {name: _decoding(service, name, handler) for name, handler in handlers.items()}
         self._server.add_registered_method_handlers(service, wrapped)
+
+
+class _DecodingHandlers(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers decode their requests."""
+
+    def __init__(self, handlers: grpc.GenericRpcHandler) -> None:
+        self._handlers = handlers
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # by method path
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        path = handler_call_details.method
+        wrapped = self._wrapped.get(path)
+        if wrapped is None:
+            handler = self._handlers.service(handler_call_details)
+            if handler is None:
+                return None
+            service, _, method = path.lstrip("/").partition("/")
+            wrapped = self._wrapped[path] = _decoding(service, method, handler)
+        return wrapped
+
+
+def _decoding(service: str, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` of ``service``'s ``method``, decoding its requests (``_wrap``)."""
+    found = descriptor_pool.Default().FindServiceByName(service).FindMethodByName(method)
+    return _wrap(handler, message_factory.GetMessageClass(found.input_type))
 
 
 def _wrap(handler: grpc.RpcMethodHandler, message_type: type[Message]) -> grpc.RpcMethodHandler:

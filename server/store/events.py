@@ -31,7 +31,6 @@ import logging
 import operator
 import os
 import socket
-import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -340,20 +339,27 @@ async def run_prepared(
     pgconn.send_query_prepared(name.encode(), parameters, formats, pq.Format.BINARY)
     loop = asyncio.get_running_loop()
     fileno = pgconn.socket
-    while pgconn.flush():  # (the connection is nonblocking: data may remain)
-        await _ready(loop.add_writer, loop.remove_writer, fileno)
     result: pq.abc.PGresult | None = None
     error: psycopg.Error | None = None
-    while True:
-        while pgconn.is_busy():
-            await _ready(loop.add_reader, loop.remove_reader, fileno)
-            pgconn.consume_input()
-        last = pgconn.get_result()
-        if last is None:
-            break
-        if last.status == pq.ExecStatus.FATAL_ERROR and error is None:
-            error = psycopg.errors.error_from_result(last, encoding=conn.info.encoding)
-        result = last
+    try:
+        while pgconn.flush():  # (the connection is nonblocking: data may remain)
+            await _ready(loop.add_writer, loop.remove_writer, fileno)
+        while True:
+            while pgconn.is_busy():
+                await _ready(loop.add_reader, loop.remove_reader, fileno)
+                pgconn.consume_input()
+            last = pgconn.get_result()
+            if last is None:
+                break
+            if last.status == pq.ExecStatus.FATAL_ERROR and error is None:
+                error = psycopg.errors.error_from_result(last, encoding=conn.info.encoding)
+            result = last
+    except BaseException:
+        # Cancelled, or the connection failed, with the statement's result
+        # unread: the connection cannot serve another statement. Closed, so
+        # that its owner sees it so (``conn.closed``) and opens another.
+        pgconn.finish()
+        raise
     if error is not None:
         raise error
     if result is None or result.status != pq.ExecStatus.TUPLES_OK:
@@ -481,11 +487,11 @@ async def write_direct(
         text_array(update_notices(rows)),
     )
     result = await run_prepared(conn, WRITE_DIRECT_NAME, parameters)
-    # Its rows, in binary: the fact (int4), three texts and a bytea.
+    # Its rows, in binary: the fact (an integer), three texts and a bytea.
     complete: list[tuple[str, str, str]] = []
     stored_before: list[tuple[str, bytes]] = []
     for row in range(result.ntuples):
-        fact = _int4(_field(result, row, 0))[0]
+        fact = int.from_bytes(_field(result, row, 0), "big", signed=True)
         if fact == _COMPLETE:
             organization, campaign, session = (_field(result, row, c).decode() for c in (1, 2, 3))
             complete.append((organization, campaign, session))
@@ -503,7 +509,6 @@ def _field(result: pq.abc.PGresult, row: int, column: int) -> bytes:
 
 
 _COMPLETE, _STORED_BEFORE = 1, 2  # WRITE_DIRECT's facts
-_int4 = struct.Struct(">i").unpack
 
 
 async def write_staged(

@@ -15,6 +15,7 @@ call, ``python -m bench.ingest``).
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 Campaign = tuple[str, str]  # (organization_id, campaign_id)
 
-LISTEN_WAIT = 10.0  # seconds a new subscription waits, at most, for LISTEN
+LISTEN_WAIT = 10  # seconds the first subscription waits, at most, for LISTEN
 
 
 class UpdatePublisher:
@@ -55,7 +56,9 @@ class UpdatePublisher:
         self.listening = asyncio.Event()
         self._catching_up: asyncio.Task[None] | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._tried = asyncio.Event()  # the listener has tried to LISTEN once
+        # The listener's first try ended (or took ``LISTEN_WAIT``): no more waits.
+        self._tried = asyncio.Event()
+        self._stopped = False
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -71,14 +74,22 @@ class UpdatePublisher:
         PostgreSQL cannot be reached (the first try failed, or took
         ``LISTEN_WAIT`` seconds) it returns at once: the subscription is
         made, and gets fresh numbers once LISTEN is in place."""
+        if self._stopped:
+            return
         if self._listener is None:
-            self._listener = asyncio.create_task(self._listen(), name="updates-listen")
+            # In a context of its own, not the first subscriber's (its
+            # request id would name every line the listener logs).
+            self._listener = asyncio.create_task(
+                self._listen(), name="updates-listen", context=contextvars.Context()
+            )
             self._tasks.append(self._listener)
         if not self._tried.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._tried.wait(), LISTEN_WAIT)
+            self._tried.set()
 
     async def stop(self) -> None:
+        self._stopped = True
         tasks = [*self._tasks, *([self._catching_up] if self._catching_up else [])]
         for task in tasks:
             task.cancel()
@@ -103,7 +114,7 @@ class UpdatePublisher:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True
+                    self._url, autocommit=True, connect_timeout=LISTEN_WAIT
                 ) as conn:
                     await conn.execute(f"LISTEN {UPDATES_CHANNEL}")
                     self.listening.set()

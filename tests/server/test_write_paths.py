@@ -8,6 +8,7 @@ import asyncio
 import json
 import random
 import select
+import struct
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -166,3 +167,27 @@ def test_a_refused_direct_statement_raises_its_error_and_the_connection_goes_on(
     assert error.sqlstate == "22012"
     assert "division by zero" in str(error)
     assert value == (2).to_bytes(4, "big")
+
+
+def test_a_direct_statement_cancelled_midway_closes_its_connection(database_url: str) -> None:
+    """A statement whose result was left unread (its caller cancelled: the
+    server stopping) leaves a connection that cannot serve another; it is
+    closed, so that the writer opens a new one instead of failing on it."""
+
+    async def run() -> bool:
+        conn = await psycopg.AsyncConnection.connect(libpq_url(database_url))
+        try:
+            await event_store.prepare(conn)
+            await conn.execute("PREPARE slow AS SELECT pg_sleep($1::float8)")
+            sleep = asyncio.ensure_future(
+                event_store.run_prepared(conn, "slow", [struct.pack(">d", 5.0)])
+            )
+            await asyncio.sleep(0.2)
+            sleep.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sleep
+            return conn.closed
+        finally:
+            await conn.close()
+
+    assert asyncio.run(run())
