@@ -209,8 +209,7 @@ class Channel:
         # Let the upstream stream take in what has arrived before writing.
         await asyncio.sleep(0)
         while self.pending:
-            data = b"".join(self.pending)
-            self.pending.clear()
+            data = self._take()
             chunked = chunk(data)
             connections = list(self.connections)
             # A slice of connections between two turns of the loop: a round
@@ -233,9 +232,13 @@ class Channel:
     def flush(self) -> None:
         """Sends the pending frames now, in one write per connection."""
         if self.pending:
-            data = b"".join(self.pending)
-            self.pending.clear()
-            self.broadcast(data)
+            self.broadcast(self._take())
+
+    def _take(self) -> bytes:
+        """The pending frames, as one write; none is pending any more."""
+        data = b"".join(self.pending)
+        self.pending.clear()
+        return data
 
     def broadcast(self, data: bytes) -> None:
         chunked = chunk(data)
