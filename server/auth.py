@@ -2,7 +2,8 @@
 
 A key reads ``ca_<key id>_<secret>``; the database keeps only its SHA-256
 (keys are random and long, so a slow hash adds nothing). Checked keys are
-trusted for ``cache_seconds``.
+trusted for ``cache_seconds``; the calls that find a key uncached at the same
+time share one lookup.
 
 Revoking a key (``revoke_key``) sends, in its transaction, a NOTIFY on
 ``REVOCATIONS_CHANNEL``; every server process LISTENs
@@ -12,6 +13,8 @@ connection was down catches up when it is back; meanwhile it trusts a
 cached key for at most ``cache_seconds``.
 """
 
+import asyncio
+import functools
 import hashlib
 import secrets
 import time
@@ -72,6 +75,7 @@ class KeyStore:
         self._engine = engine
         self._cache_seconds = cache_seconds
         self._cache: dict[bytes, tuple[float, Principal]] = {}
+        self._lookups: dict[bytes, asyncio.Future[Principal]] = {}  # under way
         # Keys revoked while this process runs: refused even if a check that
         # read the database just before the revocation comes back after it.
         self._revoked: set[str] = set()
@@ -82,9 +86,28 @@ class KeyStore:
         """The caller of an authorization value; raises ``Unauthenticated``."""
         digest = hash_key(bearer_token(authorization))
         cached = self._cache.get(digest)
-        now = time.monotonic()
-        if cached and cached[0] > now:
+        if cached and cached[0] > time.monotonic():
             return cached[1]
+        # One lookup per key at a time: when a busy key's cache time ends, the
+        # calls that arrive meanwhile wait for that lookup rather than each
+        # asking the database (hundreds of queries at once, through a pool of
+        # a few connections, every ``cache_seconds``).
+        lookup = self._lookups.get(digest)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._look_up(digest))
+            self._lookups[digest] = lookup
+            lookup.add_done_callback(functools.partial(self._looked_up, digest))
+        # (Shielded: a caller that gives up does not end the others' lookup.)
+        return await asyncio.shield(lookup)
+
+    def _looked_up(self, digest: bytes, lookup: "asyncio.Future[Principal]") -> None:
+        if self._lookups.get(digest) is lookup:
+            del self._lookups[digest]
+        if not lookup.cancelled():
+            lookup.exception()  # heard by its callers, if any are left
+
+    async def _look_up(self, digest: bytes) -> Principal:
+        now = time.monotonic()
         query = select(
             api_keys.c.organization_id, api_keys.c.role, api_keys.c.key_id, api_keys.c.revoked_at
         ).where(api_keys.c.key_hash == digest)

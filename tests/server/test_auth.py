@@ -2,16 +2,20 @@
 organization's data is 403 / PERMISSION_DENIED, on every RPC and route; roles
 limit what a key may do."""
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 import httpx
 import pytest
-from support import Stubs, Tenant, event
+import sqlalchemy
+from support import ServerThread, Stubs, Tenant, event, make_tenant
 
 from clients import pb
+from server.auth import KeyStore
 from server.domain import Role
+from server.errors import Unauthenticated
 
 Call = Callable[[Stubs, Tenant, Tenant, Any], Any]
 
@@ -182,3 +186,41 @@ def test_every_route_needs_a_key_and_refuses_other_organizations(
         denied = http.request(method, path, headers=tenant.headers(Role.ADMIN), **options)
         assert denied.status_code == 403, f"{where}: {denied.text}"
         assert denied.json()["error"], where
+
+
+def test_calls_that_find_a_key_uncached_share_one_lookup(analytics_server: ServerThread) -> None:
+    """When a key's cache time ends under load, the calls that arrive meanwhile
+    wait for one database lookup instead of each making one; a caller that
+    gives up does not end the lookup for the others."""
+    tenant = make_tenant(analytics_server, campaigns=1)
+    engine = analytics_server.components.engine
+    queries: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "api_keys" in statement:
+            queries.append(statement)
+
+    async def authenticate_at_once() -> list[Any]:
+        keys = KeyStore(engine)  # nothing cached
+        authorization = f"Bearer {tenant.keys[Role.INGEST]}"
+        impatient = asyncio.ensure_future(keys.authenticate(authorization))
+        calls = [asyncio.ensure_future(keys.authenticate(authorization)) for _ in range(50)]
+        await asyncio.sleep(0)
+        impatient.cancel()
+        principals = await asyncio.gather(*calls)
+        unknown = [keys.authenticate("Bearer ca_000000000000_unknown") for _ in range(5)]
+        refusals = await asyncio.gather(*unknown, return_exceptions=True)
+        again = await keys.authenticate(authorization)  # cached by now
+        return [*principals, again, *refusals]
+
+    sqlalchemy.event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        results = analytics_server.call(authenticate_at_once())
+    finally:
+        sqlalchemy.event.remove(engine.sync_engine, "before_cursor_execute", count)
+    principals, refusals = results[:51], results[51:]
+    assert {(p.organization_id, p.role) for p in principals} == {
+        (tenant.organization_id, Role.INGEST)
+    }
+    assert all(isinstance(r, Unauthenticated) for r in refusals), refusals
+    assert len(queries) == 2, queries  # one for the key, one for the unknown key
