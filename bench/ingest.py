@@ -450,6 +450,21 @@ class Bench:
             throttled=load.throttled, workers=count,
             rss_samples=len(observed["rss"]),
         )  # fmt: skip
+        main_thread = observed["main_thread"].get("server")
+        if main_thread and load.calls and batch == 1:
+            # One event a call: the server's event loop, one thread, is what
+            # limits, so its CPU per call is the figure to compare.
+            running, waiting, wall = main_thread
+            row.details["server_main_thread"] = {
+                "cpu_us_per_call": running / load.calls * 1e6,
+                "running_share": running / wall,
+                "waiting_share": waiting / wall,
+            }
+            row.notes.append(
+                f"server main thread (its event loop): {running / load.calls * 1e6:,.0f} µs "
+                f"of CPU per call; on a core {running / wall:.0%} of the time, waiting for "
+                f"one {waiting / wall:.0%}"
+            )
         if load.errors:
             row.notes.append(
                 "errors: " + ", ".join(f"{k} x{v}" for k, v in sorted(load.errors.items()))
@@ -471,6 +486,7 @@ class Bench:
             processes.reset_peak_rss(pid)
         sampler = processes.RssSampler(next(iter(pids.values())))
         cpu0 = {k: processes.cpu_seconds(p) for k, p in pids.items()}
+        main0 = {k: processes.main_thread_seconds(p) for k, p in pids.items()}
         pg0 = processes.postgres_cpu()
         profilers = self.start_profilers(name, pids, start_at, seconds)
         t0 = time.monotonic()
@@ -479,6 +495,11 @@ class Bench:
         observed["cpu"] = {k: (processes.cpu_seconds(p) - cpu0[k]) / wall * 100
                            for k, p in pids.items()}  # fmt: skip
         observed["cpu"]["postgres"] = processes.postgres_cpu_since(pg0) / wall * 100
+        observed["main_thread"] = {}
+        for k, p in pids.items():
+            before, after = main0[k], processes.main_thread_seconds(p)
+            if before is not None and after is not None:
+                observed["main_thread"][k] = (after[0] - before[0], after[1] - before[1], wall)
         observed["peak_rss"] = {p: processes.peak_rss_bytes(p) for p in pids.values()}
         observed["rss"] = sampler.stop()
         for profiler in profilers:

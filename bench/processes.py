@@ -185,6 +185,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def main_thread_seconds(pid: int) -> tuple[float, float] | None:
+    """(seconds on a core, seconds runnable but waiting for one) of a
+    process's main thread, the one that runs its event loop; None where the
+    kernel does not keep these (``/proc/<pid>/task/<pid>/schedstat``)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            running, waiting, _ = f.read().split()
+    except (OSError, ValueError):
+        return None
+    return int(running) / 1e9, int(waiting) / 1e9
+
+
 def postgres_cpu() -> dict[int, float]:
     """User and system seconds of each running PostgreSQL process."""
     times = {}
