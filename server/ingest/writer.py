@@ -231,7 +231,9 @@ class BatchWriter:
         full = self._pending_events >= self.flush_threshold
         if full:
             _resolve(self._delay)
-        if wait or full:
+        # The worker is woken only when a flush can start now: otherwise the
+        # flush under way starts the next one as it ends (``_flush``).
+        if (wait or full) and self._startable():
             self._wake.set()
         if not wait:
             done.add_done_callback(_consume_exception)
@@ -301,7 +303,8 @@ class BatchWriter:
 
     def _flush_ended(self, task: asyncio.Task[None]) -> None:
         del self._flushes[task]
-        self._wake.set()  # the worker may be waiting for the last flush to end
+        if self._closing:
+            self._wake.set()  # the worker waits for the last flush to end
 
     def _worth_delaying(self) -> bool:
         """Whether the next flush should wait ``commit_delay`` for company:
@@ -354,7 +357,8 @@ class BatchWriter:
         # The next flush starts before the callers of this one hear back:
         # PostgreSQL writes it while their answers are sent.
         self._release(slot, batch)
-        self._start_flushes()  # (one to wait for company is the worker's: _release woke it)
+        if self._start_flushes():
+            self._wake.set()  # the next flush waits for company: the worker's to do
         _deliver(outcomes)
 
     def _release(self, slot: int, batch: list[_Submission]) -> None:
@@ -363,7 +367,6 @@ class BatchWriter:
         self._in_flight_events -= sum(len(submission.rows) for submission in batch)
         self._flushed.set()
         self._flushed = asyncio.Event()
-        self._wake.set()
 
     async def _write(self, slot: int, batch: list[_Submission]) -> list[_Outcome]:
         """Commits ``batch``; returns what each of its callers is to hear."""
