@@ -1,12 +1,11 @@
 """The ingest path of one request: check the caller, validate each event,
 dead-letter the rejected ones and hand the rest to the writer."""
 
-import contextlib
 import logging
 import operator
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -97,6 +96,23 @@ class _Checked:
         return True
 
 
+class _Admitted:
+    """Room held for a call's events, given back when the ``with`` ends. (A
+    class, not a generator-based context manager: it is taken on every call.)"""
+
+    __slots__ = ("_admission", "_count")
+
+    def __init__(self, admission: Admission, count: int) -> None:
+        self._admission = admission
+        self._count = count
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._admission.release(self._count)
+
+
 @dataclass(slots=True)
 class BufferRefusals:
     """Events refused because the buffer was full, and the current spell."""
@@ -150,11 +166,10 @@ class IngestPipeline:
         self.turns = Turns()
         self._metrics = metrics or ServerMetrics()
 
-    @contextlib.contextmanager
-    def admit(self, count: int) -> Iterator[None]:
+    def admit(self, count: int) -> "_Admitted":
         """Holds room for a call's ``count`` events, from before they are
-        decoded until the call is answered; refuses the call at once
-        (``ResourceExhausted``, retry-after) when the ingest path already
+        decoded until the call is answered (``with``); refuses the call at
+        once (``ResourceExhausted``, retry-after) when the ingest path already
         holds ``buffer_capacity`` events (see ``server.ingest.admission``)."""
         try:
             self.admission.take_now(count)
@@ -162,10 +177,7 @@ class IngestPipeline:
             self.refusals.note(count)
             self._metrics.events_refused.inc(count)
             raise
-        try:
-            yield
-        finally:
-            self.admission.release(count)
+        return _Admitted(self.admission, count)
 
     def check_batch_size(self, count: int) -> None:
         if count == 0:

@@ -24,6 +24,7 @@ from server.services.common import (
 # for the writer's group commit to form large batches, bounded so that a
 # stream cannot take the whole buffer.
 STREAM_EVENTS_IN_FLIGHT = 20_000
+_NONE_SKIPPED: frozenset[int] = frozenset()
 
 
 class IngestServicer(Authenticated, pb.IngestServiceServicer):
@@ -55,12 +56,13 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
         self._pipeline.check_batch_size(count)
         # Room is held before decoding, the costly part: under overload the
         # call is refused at once rather than queued (server.ingest.admission).
+        undecodable = request.undecodable_events
         with self._pipeline.admit(count):
             result = await self._pipeline.ingest_messages(
                 principal,
                 [request.event, *request.events] if has_event else request.events,
-                codec.decode_undecodable(request.undecodable_events),
-                skipped=frozenset(u.index for u in request.undecodable_events),
+                codec.decode_undecodable(undecodable) if undecodable else [],
+                skipped=frozenset(u.index for u in undecodable) if undecodable else _NONE_SKIPPED,
                 sizes_checked=codec.smaller_than_an_event(request, count, self._pipeline.limits),
                 timeout=commit_budget(context),
             )
