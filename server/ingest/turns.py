@@ -29,13 +29,21 @@ class Turns:
         self.slice_events = slice_events
         self._turn = asyncio.Lock()  # FIFO: calls work in the order they asked
 
+    def run_at_once(self, items: Sequence[T], work: Callable[[Sequence[T]], None]) -> bool:
+        """``run``, when it need not wait (``items`` fit in one slice and no
+        call is taking its turn): returns whether it ran. (No coroutine: most
+        calls are small.)"""
+        if len(items) <= self.slice_events and not self._turn.locked():
+            work(items)  # small, and nobody waits: no need to queue
+            return True
+        return False
+
     async def run(self, items: Sequence[T], work: Callable[[Sequence[T]], None]) -> None:
         """Calls ``work`` on consecutive slices of ``items``, in this call's
         turn; between two slices everything else ready on the loop runs."""
-        size = self.slice_events
-        if len(items) <= size and not self._turn.locked():
-            work(items)  # small, and nobody waits: no need to queue
+        if self.run_at_once(items, work):
             return
+        size = self.slice_events
         async with self._turn:
             for start in range(0, len(items), size):
                 if start:

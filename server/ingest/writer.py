@@ -423,6 +423,8 @@ class BatchWriter:
 
         stats = self.stats
         stats.events_accepted += total - duplicates
+        if total > duplicates:
+            self._metrics.events_accepted.inc(total - duplicates)
         stats.events_duplicate += duplicates
         stats.flushes += 1
         stats.last_flush = datetime.now(UTC)

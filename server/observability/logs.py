@@ -13,6 +13,7 @@ and ``exception`` with the traceback when one was logged.
 
 import logging
 import sys
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
@@ -25,6 +26,7 @@ __all__ = [
     "LogFormat",
     "TextFormatter",
     "configure",
+    "current_request_id",
     "formatter",
     "request_id",
 ]
@@ -32,7 +34,9 @@ __all__ = [
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
-request_id: ContextVar[str] = ContextVar("request_id", default="")
+# The id itself, or a function that reads it when a record needs it (the
+# server's calls: most log nothing, so most never read it).
+request_id: ContextVar[str | Callable[[], str]] = ContextVar("request_id", default="")
 
 # What every record has; any other attribute came in ``extra`` and is context.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {
@@ -45,7 +49,13 @@ _RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {
 
 def _request_id(record: logging.LogRecord) -> str:
     given = getattr(record, "request_id", None)
-    return given if isinstance(given, str) and given else request_id.get()
+    return given if isinstance(given, str) and given else current_request_id()
+
+
+def current_request_id() -> str:
+    """The id of the call being served ("" when none)."""
+    current = request_id.get()
+    return current if isinstance(current, str) else current()
 
 
 class TextFormatter(logging.Formatter):

@@ -68,16 +68,18 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
             )
         if single:
             _raise_if_rejected(result)
-        return pb.IngestEventsResponse(
+        response = pb.IngestEventsResponse(
             success=result.stored > 0,
             message=_summary(result, single),
             count=result.accepted,
             accepted=result.accepted,
             duplicates=result.duplicates,
-            rejected=[codec.encode_rejection(r) for r in result.rejected],
-            timestamp=codec.now_timestamp(),
             event_id=result.first_event_id if single else "",
         )
+        if result.rejected:
+            response.rejected.extend(map(codec.encode_rejection, result.rejected))
+        codec.stamp_now(response.timestamp)
+        return response
 
     @reports_errors
     async def IngestCampaignEvent(
