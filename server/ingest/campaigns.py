@@ -15,6 +15,10 @@ class CampaignDirectory:
         self._engine = engine
         self._owners: dict[str, str] = {}
 
+    def known_owner(self, campaign_id: str) -> str | None:
+        """The campaign's owner, if known (cached); else None."""
+        return self._owners.get(campaign_id)
+
     def known_owners(self, campaign_ids: Iterable[str]) -> dict[str, str | None] | None:
         """The owner of each id, when every one is known (cached); else None."""
         owners = self._owners

@@ -58,14 +58,25 @@ class IngestServicer(Authenticated, pb.IngestServiceServicer):
         # call is refused at once rather than queued (server.ingest.admission).
         undecodable = request.undecodable_events
         with self._pipeline.admit(count):
-            result = await self._pipeline.ingest_messages(
-                principal,
-                [request.event, *request.events] if has_event else request.events,
-                codec.decode_undecodable(undecodable) if undecodable else [],
-                skipped=frozenset(u.index for u in undecodable) if undecodable else _NONE_SKIPPED,
-                sizes_checked=codec.smaller_than_an_event(request, count, self._pipeline.limits),
-                timeout=commit_budget(context),
-            )
+            sizes_checked = codec.smaller_than_an_event(request, count, self._pipeline.limits)
+            if single:
+                result = await self._pipeline.ingest_message(
+                    principal,
+                    request.event,
+                    sizes_checked=sizes_checked,
+                    timeout=commit_budget(context),
+                )
+            else:
+                result = await self._pipeline.ingest_messages(
+                    principal,
+                    [request.event, *request.events] if has_event else request.events,
+                    codec.decode_undecodable(undecodable) if undecodable else [],
+                    skipped=frozenset(u.index for u in undecodable)
+                    if undecodable
+                    else _NONE_SKIPPED,
+                    sizes_checked=sizes_checked,
+                    timeout=commit_budget(context),
+                )
         if single:
             _raise_if_rejected(result)
         response = pb.IngestEventsResponse(

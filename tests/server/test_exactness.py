@@ -166,3 +166,54 @@ def test_every_event_counted_once_across_paths_and_retries(
         for campaign_id, row in daily.items():
             for name, value in row.items():
                 assert value == pytest.approx(expected[campaign_id][name], abs=1e-6), name
+
+
+def test_single_events_are_counted_once_whichever_way_they_come_again(
+    stubs: Stubs, tenant: Tenant
+) -> None:
+    """A single event keeping every rule takes a shorter way than a batch
+    (``IngestPipeline.ingest_message``): sent alone, then again alone or in
+    a batch, and the other way round, it is stored once, and each reply
+    says what a batch's would."""
+    org, campaign = tenant.organization_id, tenant.campaign_ids[0]
+    auth = tenant.auth(Role.INGEST)
+    alone_first = event("click", campaign, org, value=1.25)
+    batch_first = event("conversion", campaign, org, value=20.0)
+
+    def alone(message: pb.Event) -> pb.IngestEventsResponse:
+        reply: pb.IngestEventsResponse = stubs.ingest.IngestEvents(
+            pb.IngestEventsRequest(event=message), metadata=auth
+        )
+        assert reply.event_id == message.event_id and reply.success
+        return reply
+
+    def in_batch(message: pb.Event) -> pb.IngestEventsResponse:
+        reply: pb.IngestEventsResponse = stubs.ingest.IngestEvents(
+            pb.IngestEventsRequest(events=[message]), metadata=auth
+        )
+        assert reply.success and not reply.rejected
+        return reply
+
+    first = alone(alone_first)
+    assert (first.accepted, first.duplicates, first.message) == (
+        1,
+        0,
+        "Event ingested successfully",
+    )
+    again = alone(alone_first)
+    assert (again.accepted, again.duplicates, again.message) == (
+        0,
+        1,
+        "Event already ingested (same eventId); nothing changed",
+    )
+    assert (in_batch(alone_first).accepted, in_batch(alone_first).duplicates) == (0, 1)
+    assert (in_batch(batch_first).accepted, alone(batch_first).duplicates) == (1, 1)
+
+    reply = stubs.metrics.GetCampaignMetrics(
+        pb.GetCampaignMetricsRequest(campaign_id=campaign, time_window=3600),
+        metadata=tenant.auth(Role.READ),
+    )
+    metrics = reply.metrics
+    assert (metrics.clicks, metrics.conversions) == (1, 1)
+    assert metrics.total_spent == pytest.approx(1.25)
+    assert metrics.conversion_value == pytest.approx(20.0)
