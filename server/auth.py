@@ -3,7 +3,7 @@
 A key reads ``ca_<key id>_<secret>``; the database keeps only its SHA-256
 (keys are random and long, so a slow hash adds nothing). Checked keys are
 trusted for ``cache_seconds``; the calls that find a key uncached at the same
-time share one lookup.
+time share one lookup, however they spell the ``Bearer`` scheme and spaces.
 
 Revoking a key (``revoke_key``) sends, in its transaction, a NOTIFY on
 ``REVOCATIONS_CHANNEL``; every server process LISTENs
@@ -46,6 +46,12 @@ def hash_key(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
 
+BEARER = "Bearer"  # the authorization scheme, as clients spell it
+# Keys kept checked at most (distinct keys that were found, each for
+# ``cache_seconds``): past it the expired ones are dropped.
+CACHED_KEYS = 10_000
+
+
 def bearer_token(authorization: str | None) -> str:
     """The key in an ``authorization: Bearer <key>`` value."""
     if not authorization:
@@ -74,10 +80,13 @@ class KeyStore:
     ) -> None:
         self._engine = engine
         self._cache_seconds = cache_seconds
-        # By the authorization value as sent: a call whose key is cached is
-        # not parsed or hashed again (hashing alone was about 1% of the
-        # server's CPU for single-event calls). The process holds each key
-        # anyway while it serves its call; the database holds hashes only.
+        # By the authorization value a key is sent in, spelled as clients
+        # spell it (``Bearer <key>``; other spellings are read into it): a
+        # call whose key is cached is not parsed or hashed again (hashing
+        # alone was about 1% of the server's CPU for single-event calls).
+        # Only keys that were found are kept, each for ``cache_seconds``:
+        # recent callers' keys are in memory, as they are while their calls
+        # are served; the database holds hashes only.
         self._cache: dict[str, tuple[float, Principal]] = {}
         self._lookups: dict[str, asyncio.Future[Principal]] = {}  # under way
         # Keys revoked while this process runs: refused even if a check that
@@ -87,8 +96,9 @@ class KeyStore:
         self.streams = OpenStreams()
 
     def cached(self, authorization: str | None) -> Principal | None:
-        """The caller of an authorization value, if it was checked less than
-        ``cache_seconds`` ago; else None (``authenticate`` checks it)."""
+        """The caller of an authorization value, if its key was checked less
+        than ``cache_seconds`` ago and it is spelled ``Bearer <key>``; else
+        None (``authenticate`` checks it)."""
         cached = self._cache.get(authorization)  # type: ignore[arg-type]
         if cached is not None and cached[0] > time.monotonic():
             return cached[1]
@@ -99,44 +109,56 @@ class KeyStore:
         principal = self.cached(authorization)
         if principal is not None:
             return principal
-        digest = hash_key(bearer_token(authorization))
-        assert authorization is not None  # (bearer_token refuses None)
+        canonical = f"{BEARER} {bearer_token(authorization)}"
+        principal = self.cached(canonical)
+        if principal is not None:
+            return principal
         # One lookup per key at a time: when a busy key's cache time ends, the
         # calls that arrive meanwhile wait for that lookup rather than each
         # asking the database (hundreds of queries at once, through a pool of
         # a few connections, every ``cache_seconds``).
-        lookup = self._lookups.get(authorization)
+        lookup = self._lookups.get(canonical)
         if lookup is None:
-            lookup = asyncio.ensure_future(self._look_up(authorization, digest))
-            self._lookups[authorization] = lookup
-            lookup.add_done_callback(functools.partial(self._looked_up, authorization))
+            lookup = asyncio.ensure_future(self._look_up(canonical))
+            self._lookups[canonical] = lookup
+            lookup.add_done_callback(functools.partial(self._looked_up, canonical))
         # (Shielded: a caller that gives up does not end the others' lookup.)
         return await asyncio.shield(lookup)
 
-    def _looked_up(self, authorization: str, lookup: "asyncio.Future[Principal]") -> None:
-        if self._lookups.get(authorization) is lookup:
-            del self._lookups[authorization]
+    def _looked_up(self, canonical: str, lookup: "asyncio.Future[Principal]") -> None:
+        if self._lookups.get(canonical) is lookup:
+            del self._lookups[canonical]
         if not lookup.cancelled():
             lookup.exception()  # heard by its callers, if any are left
 
-    async def _look_up(self, authorization: str, digest: bytes) -> Principal:
+    async def _look_up(self, canonical: str) -> Principal:
         now = time.monotonic()
+        digest = hash_key(canonical.removeprefix(f"{BEARER} "))
         query = select(
             api_keys.c.organization_id, api_keys.c.role, api_keys.c.key_id, api_keys.c.revoked_at
         ).where(api_keys.c.key_hash == digest)
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
-            self._cache.pop(authorization, None)
+            self._cache.pop(canonical, None)
             raise Unauthenticated("the API key is unknown or revoked")
         if row.revoked_at is not None or row.key_id in self._revoked:
-            self._cache.pop(authorization, None)
+            self._cache.pop(canonical, None)
             raise Unauthenticated(KEY_REVOKED)
         principal = Principal(row.organization_id, Role(row.role), row.key_id)
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[authorization] = (now + self._cache_seconds, principal)
+        if len(self._cache) >= CACHED_KEYS:
+            self._forget_expired(now)
+        self._cache[canonical] = (now + self._cache_seconds, principal)
         return principal
+
+    def _forget_expired(self, now: float) -> None:
+        """Drops the keys whose time is up; all of them, if that is not
+        enough (each is looked up again on its next call)."""
+        for authorization, (until, _) in list(self._cache.items()):
+            if until <= now:
+                del self._cache[authorization]
+        if len(self._cache) >= CACHED_KEYS:
+            self._cache.clear()
 
     def revoked(self, key_id: str) -> int:
         """Applies a revocation at once: the key is refused from now on and its

@@ -298,8 +298,6 @@ class IngestPipeline:
             )[0]
             if row is not None:
                 duplicates = await self._submit([row], timeout, wait_for_room=False)
-                if duplicates:
-                    self._metrics.events_duplicate.inc(duplicates)
                 return IngestResult(1 - duplicates, duplicates, first_event_id=message.event_id)
         return await self.ingest_messages(
             principal, (message,), sizes_checked=sizes_checked, timeout=timeout
@@ -345,13 +343,16 @@ class IngestPipeline:
                     extra={"organization_id": principal.organization_id, "rejected": dict(codes)},
                 )
 
+        # Events that repeat an id earlier in the call are counted here; the
+        # writer counts those it stored and those already stored, once per
+        # flush, whether or not their callers are still waiting.
+        repeated = result.duplicates
         if rows:
             duplicates = await self._submit(rows, timeout, wait_for_room)
             result.duplicates += duplicates
             result.accepted += len(rows) - duplicates
-        # (Events accepted are counted by the writer, once per flush.)
-        if result.duplicates:
-            self._metrics.events_duplicate.inc(result.duplicates)
+        if repeated:
+            self._metrics.events_duplicate.inc(repeated)
         return result
 
     async def _submit(

@@ -426,6 +426,8 @@ class BatchWriter:
         if total > duplicates:
             self._metrics.events_accepted.inc(total - duplicates)
         stats.events_duplicate += duplicates
+        if duplicates:
+            self._metrics.events_duplicate.inc(duplicates)
         stats.flushes += 1
         stats.last_flush = datetime.now(UTC)
         stats.last_flush_events = len(rows)

@@ -14,7 +14,7 @@ and ``exception`` with the traceback when one was logged.
 import logging
 import sys
 from collections.abc import Callable
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
@@ -27,6 +27,7 @@ __all__ = [
     "TextFormatter",
     "configure",
     "current_request_id",
+    "detached_context",
     "formatter",
     "request_id",
 ]
@@ -56,6 +57,15 @@ def current_request_id() -> str:
     """The id of the call being served ("" when none)."""
     current = request_id.get()
     return current if isinstance(current, str) else current()
+
+
+def detached_context() -> Context:
+    """A copy of the current context for a task that outlives the call that
+    starts it: the request id is read now, so that the task holds the id, not
+    the call (whose metadata holds its key)."""
+    context = copy_context()
+    context.run(request_id.set, current_request_id())
+    return context
 
 
 class TextFormatter(logging.Formatter):

@@ -66,7 +66,9 @@ class ServerMetrics:
             ["outcome", "reason"],
             registry=registry,
         )
-        # Resolved once: the pipeline adds to them on every request.
+        # Resolved once: the writer adds to them on every flush (events that
+        # repeat an id within one call are counted as duplicates by the
+        # pipeline), the pipeline to refusals on every refused call.
         self.events_accepted = self.events.labels("accepted", "")
         self.events_duplicate = self.events.labels("duplicate", "")
         self.events_refused = self.events.labels("refused", "buffer_full")

@@ -31,6 +31,7 @@ from server.errors import (
 )
 from server.ingest.pipeline import IngestPipeline
 from server.ingest.validation import IncomingEvent, now_us
+from server.observability.logs import detached_context
 from server.observability.metrics import ServerMetrics
 from server.simulation.traffic import Rates, Traffic
 from server.store.database import DATABASE_UNREACHABLE
@@ -204,7 +205,9 @@ class Simulations:
         )
         self._running[simulation.id] = simulation
         simulation._task = asyncio.create_task(
-            self._run(simulation, principal), name=f"simulation-{simulation.id}"
+            self._run(simulation, principal),
+            name=f"simulation-{simulation.id}",
+            context=detached_context(),
         )
         log.info(
             "simulation %s started: %s events/min over %d campaigns of %s for %s min",

@@ -224,3 +224,39 @@ def test_calls_that_find_a_key_uncached_share_one_lookup(analytics_server: Serve
     }
     assert all(isinstance(r, Unauthenticated) for r in refusals), refusals
     assert len(queries) == 2, queries  # one for the key, one for the unknown key
+
+
+def test_spellings_of_one_key_share_its_lookup_and_its_place_in_the_cache(
+    analytics_server: ServerThread,
+) -> None:
+    """However a caller spells the scheme and the spaces around the key, the
+    key is looked up once and cached once: sending it in ever new spellings
+    makes no more lookups, and cannot crowd other keys out of the cache."""
+    tenant = make_tenant(analytics_server, campaigns=1)
+    engine = analytics_server.components.engine
+    key = tenant.keys[Role.READ]
+    spellings = [f"Bearer {key}", f"bearer {key}", f"BEARER  {key} ", f"  Bearer {key}"]
+    spellings += [f"Bearer{' ' * n}{key}" for n in range(2, 300)]
+    queries: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "api_keys" in statement:
+            queries.append(statement)
+
+    async def authenticate_each() -> tuple[list[Any], Any, Any]:
+        keys = KeyStore(engine)  # nothing cached
+        principals = await asyncio.gather(*(keys.authenticate(s) for s in spellings))
+        principals += [await keys.authenticate(s) for s in spellings]
+        return principals, keys.cached(f"Bearer {key}"), keys.cached(f"bearer {key}")
+
+    sqlalchemy.event.listen(engine.sync_engine, "before_cursor_execute", count)
+    try:
+        principals, canonical, other = analytics_server.call(authenticate_each())
+    finally:
+        sqlalchemy.event.remove(engine.sync_engine, "before_cursor_execute", count)
+    assert {(p.organization_id, p.role) for p in principals} == {
+        (tenant.organization_id, Role.READ)
+    }
+    assert len(queries) == 1, queries
+    # Cached under the spelling clients send; another is read into it first.
+    assert canonical is not None and other is None

@@ -174,7 +174,7 @@ def test_single_events_are_counted_once_whichever_way_they_come_again(
     """A single event keeping every rule takes a shorter way than a batch
     (``IngestPipeline.ingest_message``): sent alone, then again alone or in
     a batch, and the other way round, it is stored once, and each reply
-    says what a batch's would."""
+    counts it as a batch's reply does."""
     org, campaign = tenant.organization_id, tenant.campaign_ids[0]
     auth = tenant.auth(Role.INGEST)
     alone_first = event("click", campaign, org, value=1.25)
@@ -206,8 +206,11 @@ def test_single_events_are_counted_once_whichever_way_they_come_again(
         1,
         "Event already ingested (same eventId); nothing changed",
     )
-    assert (in_batch(alone_first).accepted, in_batch(alone_first).duplicates) == (0, 1)
-    assert (in_batch(batch_first).accepted, alone(batch_first).duplicates) == (1, 1)
+    repeated = in_batch(alone_first)
+    assert (repeated.accepted, repeated.duplicates) == (0, 1)
+    assert (in_batch(batch_first).accepted, in_batch(batch_first).duplicates) == (1, 1)
+    again = alone(batch_first)
+    assert (again.accepted, again.duplicates) == (0, 1)
 
     reply = stubs.metrics.GetCampaignMetrics(
         pb.GetCampaignMetricsRequest(campaign_id=campaign, time_window=3600),

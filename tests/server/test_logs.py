@@ -25,7 +25,13 @@ from support import ServerThread, Tenant, event, make_tenant
 
 from clients import pb
 from server.domain import Role
-from server.observability.logs import JsonFormatter, TextFormatter, request_id
+from server.observability.logs import (
+    JsonFormatter,
+    TextFormatter,
+    current_request_id,
+    detached_context,
+    request_id,
+)
 
 
 def free_port() -> int:
@@ -238,3 +244,23 @@ def test_both_formats_name_the_request_and_keep_context_and_tracebacks() -> None
     assert first.endswith("WARNING server.test: 3 events rejected request_id=req-7")
     assert "ValueError: boom" in rest
     assert "request_id" not in TextFormatter().format(record())
+
+
+def test_a_task_that_outlives_its_call_keeps_the_request_id_not_the_call() -> None:
+    """The server notes a call's request id as a function reading the call's
+    metadata when a record needs it; a task started with
+    ``detached_context`` reads it at once and holds only the text."""
+    reads: list[str] = []
+
+    def read_from_call() -> str:
+        reads.append("read")
+        return "req-9"
+
+    def start() -> contextvars.Context:
+        request_id.set(read_from_call)
+        return detached_context()
+
+    detached = contextvars.copy_context().run(start)
+    assert reads == ["read"]
+    assert detached.run(request_id.get) == "req-9"
+    assert detached.run(current_request_id) == "req-9" and reads == ["read"]
