@@ -84,11 +84,14 @@ class KeyStore:
         # spell it (``Bearer <key>``; other spellings are read into it): a
         # call whose key is cached is not parsed or hashed again (hashing
         # alone was about 1% of the server's CPU for single-event calls).
-        # Only keys that were found are kept, each for ``cache_seconds``:
-        # recent callers' keys are in memory, as they are while their calls
-        # are served; the database holds hashes only.
+        # Only keys that were found are kept, each for ``cache_seconds``
+        # (expired ones are dropped at the next lookup, at most one
+        # ``cache_seconds`` later): recent callers' keys are in memory, as
+        # they are while their calls are served; the database holds hashes
+        # only.
         self._cache: dict[str, tuple[float, Principal]] = {}
         self._lookups: dict[str, asyncio.Future[Principal]] = {}  # under way
+        self._next_sweep = 0.0  # when the next lookup drops expired keys
         # Keys revoked while this process runs: refused even if a check that
         # read the database just before the revocation comes back after it.
         self._revoked: set[str] = set()
@@ -146,19 +149,21 @@ class KeyStore:
             self._cache.pop(canonical, None)
             raise Unauthenticated(KEY_REVOKED)
         principal = Principal(row.organization_id, Role(row.role), row.key_id)
-        if len(self._cache) >= CACHED_KEYS:
+        if now >= self._next_sweep or len(self._cache) >= CACHED_KEYS:
             self._forget_expired(now)
         self._cache[canonical] = (now + self._cache_seconds, principal)
         return principal
 
     def _forget_expired(self, now: float) -> None:
-        """Drops the keys whose time is up; all of them, if that is not
-        enough (each is looked up again on its next call)."""
+        """Drops the keys whose time is up (a key is not kept in memory long
+        after its calls), and all of them if the cache is still full (each is
+        looked up again on its next call)."""
         for authorization, (until, _) in list(self._cache.items()):
             if until <= now:
                 del self._cache[authorization]
         if len(self._cache) >= CACHED_KEYS:
             self._cache.clear()
+        self._next_sweep = now + self._cache_seconds
 
     def revoked(self, key_id: str) -> int:
         """Applies a revocation at once: the key is refused from now on and its

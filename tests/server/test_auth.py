@@ -260,3 +260,24 @@ def test_spellings_of_one_key_share_its_lookup_and_its_place_in_the_cache(
     assert len(queries) == 1, queries
     # Cached under the spelling clients send; another is read into it first.
     assert canonical is not None and other is None
+
+
+def test_a_key_is_not_kept_in_memory_long_after_its_calls(
+    analytics_server: ServerThread,
+) -> None:
+    """The cache holds keys as they are sent: one whose time is up is dropped
+    at the next lookup of any key, not kept for the life of the process."""
+    tenant = make_tenant(analytics_server, campaigns=1)
+    engine = analytics_server.components.engine
+    first, second = tenant.keys[Role.READ], tenant.keys[Role.INGEST]
+
+    async def one_then_the_other() -> tuple[bool, bool]:
+        keys = KeyStore(engine, cache_seconds=0.05)
+        await keys.authenticate(f"Bearer {first}")
+        held_at_first = any(first in value for value in keys._cache)
+        await asyncio.sleep(0.1)
+        await keys.authenticate(f"Bearer {second}")
+        return held_at_first, any(first in value for value in keys._cache)
+
+    held_at_first, held_later = analytics_server.call(one_then_the_other())
+    assert held_at_first and not held_later
