@@ -112,7 +112,8 @@ class KeyStore:
         principal = self.cached(authorization)
         if principal is not None:
             return principal
-        canonical = f"{BEARER} {bearer_token(authorization)}"
+        key = bearer_token(authorization)
+        canonical = f"{BEARER} {key}"
         principal = self.cached(canonical)
         if principal is not None:
             return principal
@@ -122,7 +123,7 @@ class KeyStore:
         # a few connections, every ``cache_seconds``).
         lookup = self._lookups.get(canonical)
         if lookup is None:
-            lookup = asyncio.ensure_future(self._look_up(canonical))
+            lookup = asyncio.ensure_future(self._look_up(canonical, key))
             self._lookups[canonical] = lookup
             lookup.add_done_callback(functools.partial(self._looked_up, canonical))
         # (Shielded: a caller that gives up does not end the others' lookup.)
@@ -134,9 +135,10 @@ class KeyStore:
         if not lookup.cancelled():
             lookup.exception()  # heard by its callers, if any are left
 
-    async def _look_up(self, canonical: str) -> Principal:
+    async def _look_up(self, canonical: str, key: str) -> Principal:
+        """Checks ``key`` in the database; caches it under ``canonical``."""
         now = time.monotonic()
-        digest = hash_key(canonical.removeprefix(f"{BEARER} "))
+        digest = hash_key(key)
         query = select(
             api_keys.c.organization_id, api_keys.c.role, api_keys.c.key_id, api_keys.c.revoked_at
         ).where(api_keys.c.key_hash == digest)
